@@ -1,0 +1,122 @@
+//! The CNI verbs. Each reads the validated environment and config, decides with the pure
+//! [`crate::spec`] and [`crate::ipam`] code, and applies through [`podnet_kernel`].
+
+mod add;
+mod check;
+mod del;
+mod gc;
+mod names;
+mod status;
+
+use std::io;
+
+use podnet_kernel::{NetNs, NetlinkError};
+use serde_json::{json, Value};
+
+use crate::ipam::Store;
+use crate::spec::{code, Attachment, CniError, Command, Env, NetConf, NodeConfig, Resolved};
+use crate::spec::version::SUPPORTED;
+
+pub use names::host_veth_name;
+
+/// A failed invocation: the error, and the cniVersion to report it in.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: CniError,
+    pub cni_version: String,
+}
+
+/// Runs one invocation: `Ok(Some(json))` to print, `Ok(None)` for success without output.
+pub fn run<I, K, V>(vars: I, stdin: &[u8]) -> Result<Option<Value>, Failure>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    let latest = || crate::spec::Version::LATEST.as_str().to_string();
+    let env = Env::parse(vars).map_err(|error| Failure {
+        error,
+        cni_version: NetConf::parse(stdin)
+            .map(|c| c.version_for_errors().to_string())
+            .unwrap_or_else(|_| latest()),
+    })?;
+    if env.command == Command::Version {
+        return Ok(Some(version_info(stdin)));
+    }
+    let conf = NetConf::parse(stdin).map_err(|error| Failure {
+        error,
+        cni_version: latest(),
+    })?;
+    let fail = |error| Failure {
+        error,
+        cni_version: conf.version_for_errors().to_string(),
+    };
+    let version = conf.version().map_err(fail)?;
+    match env.command {
+        Command::Add => add::add(&env, &conf, version).map(Some),
+        Command::Del => del::del(&env, &conf).map(|()| None),
+        Command::Check => check::check(&env, &conf, version).map(|()| None),
+        Command::Status => status::status(&conf, version).map(|()| None),
+        Command::Gc => gc::gc(&conf, version).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    }
+    .map_err(fail)
+}
+
+fn version_info(stdin: &[u8]) -> Value {
+    let asked = NetConf::parse(stdin)
+        .map(|c| c.version_for_errors().to_string())
+        .unwrap_or_else(|_| crate::spec::Version::LATEST.as_str().to_string());
+    json!({"cniVersion": asked, "supportedVersions": SUPPORTED})
+}
+
+fn attachment(env: &Env) -> Attachment {
+    Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+/// Applies defaults and, where needed, the node file the agent writes.
+fn resolve(conf: &NetConf) -> Result<Resolved, CniError> {
+    conf.resolve(|path| match std::fs::read(path) {
+        Ok(bytes) => NodeConfig::parse(path, &bytes).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CniError::new(
+            code::IO,
+            format!("cannot read node config {}: {e}", path.display()),
+        )),
+    })
+}
+
+fn store(conf: &NetConf) -> Result<Store, CniError> {
+    Ok(Store::new(conf.data_dir().join(conf.network_name()?)))
+}
+
+/// Opens the pod's namespace. A path that does not exist means the container is gone
+/// (code 3: the runtime has nothing to clean up, and nothing was changed).
+fn open_netns(env: &Env) -> Result<NetNs, CniError> {
+    let path = env.netns.as_deref().unwrap_or_default();
+    NetNs::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("container {}: network namespace {path} does not exist", env.container_id),
+        ),
+        io::ErrorKind::InvalidInput => CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!("CNI_NETNS={path} is not a network namespace"),
+        ),
+        _ => CniError::new(
+            code::IO,
+            format!("container {}: cannot open network namespace {path}: {e}", env.container_id),
+        ),
+    })
+}
+
+fn io_error(what: impl std::fmt::Display, e: io::Error) -> CniError {
+    CniError::new(code::IO, format!("{what}: {e}"))
+}
+
+fn kernel_error(what: impl std::fmt::Display, e: NetlinkError) -> CniError {
+    CniError::new(code::KERNEL, format!("{what}: {e}"))
+}

@@ -1,0 +1,34 @@
+//! STATUS: whether an ADD could succeed now. Code 50 when it cannot: no pod subnet yet
+//! (the node file is missing), or the pool is full.
+
+use super::{resolve, Store};
+use crate::ipam::Pool;
+use crate::spec::{code, CniError, NetConf, Version};
+
+pub fn status(conf: &NetConf, version: Version) -> Result<(), CniError> {
+    if !version.has_status_and_gc() {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("STATUS needs cniVersion 1.1.0 or later; the config says {version}"),
+        ));
+    }
+    let not_available = |msg: String, details: String| {
+        Err(CniError::new(code::NOT_AVAILABLE, msg).with_details(details))
+    };
+    let r = match resolve(conf) {
+        Ok(r) => r,
+        Err(e) => return not_available(e.msg, e.details),
+    };
+    let pool = match Store::new(&r.ipam_dir).read() {
+        Ok(p) => p,
+        Err(e) => return not_available(format!("cannot read the address pool: {e}"), String::new()),
+    };
+    let in_use = pool.in_use(r.subnet);
+    if in_use >= Pool::capacity(r.subnet) {
+        return not_available(
+            format!("no free address in {} ({in_use} in use)", r.subnet),
+            "delete pods or widen the node's pod CIDR".to_string(),
+        );
+    }
+    Ok(())
+}

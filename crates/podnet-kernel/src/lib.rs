@@ -1,0 +1,13 @@
+//! Thin adapters to the Linux kernel. Everything here performs I/O; deciding what to
+//! ask the kernel for lives elsewhere and is pure.
+//!
+//! - [`netns`]: open, enter, create and delete network namespaces;
+//! - [`netlink`]: a small synchronous rtnetlink client bound to one namespace;
+//! - [`sysctl`]: per-namespace sysctls.
+
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;
+
+pub use netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
+pub use netns::{NetNs, NetNsGuard};

@@ -1,0 +1,266 @@
+//! Links: look up, create bridges and veth pairs, set state, delete.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{Netlink, NetlinkError, Result};
+
+/// What podnet needs to know of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub up: bool,
+    /// Index of the bridge (or bond, VRF) this link is enslaved to.
+    pub master: Option<u32>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mtu: 0,
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            master: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            link.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    /// The MAC address as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_string(&self) -> Option<String> {
+        self.mac.map(|m| format_mac(&m))
+    }
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// A stable, locally administered MAC address for an IPv4 address (`0a:58:` + the four
+/// octets, as Kubernetes' kubenet did): a reused address keeps its MAC, so neighbours'
+/// ARP caches stay right when an address moves from a deleted pod to a new one.
+pub fn mac_for_ipv4(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// A veth pair to create: `name` stays in the socket's namespace, `peer_name` is created
+/// directly in `peer_netns` (no move afterwards, so it never appears on the host).
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mtu: u32,
+    /// Bridge to attach the local end to, at creation.
+    pub master: Option<u32>,
+    pub peer_name: &'a str,
+    pub peer_netns: Option<BorrowedFd<'a>>,
+    pub peer_mac: Option<[u8; 6]>,
+}
+
+impl Netlink {
+    /// The link called `name`, or `None` if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            || format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(answers) => Ok(answers.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link in the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let answers = self.request(
+            || "list links".to_string(),
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a bridge with a fixed MAC (a bridge without one takes the lowest MAC of its
+    /// ports, and its MAC would change under the pods' ARP caches as ports come and go).
+    /// Fails with EEXIST if a link of that name exists.
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(
+            || format!("create bridge {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Creates a veth pair in one request. Fails with EEXIST if either name is taken.
+    pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.to_string()));
+        peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(fd) = spec.peer_netns {
+            peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(master) = spec.master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(
+            || format!("create veth pair {} / {}", spec.name, spec.peer_name),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Brings a link up.
+    pub fn set_up(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(
+            || format!("bring link {index} up"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Sets the bridge-port options of an enslaved link and brings it up, in one request.
+    /// Hairpin mode lets a frame leave the port it came in on: a pod reaching itself
+    /// through a Service address needs it.
+    pub fn set_bridge_port_up(&mut self, index: u32, hairpin: bool) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                hairpin,
+            )])),
+        ]));
+        self.request(
+            || format!("configure bridge port {index}"),
+            RouteNetlinkMessage::NewLink(msg),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// The bridge-port hairpin setting of an enslaved link.
+    pub fn bridge_port_hairpin(&mut self, name: &str) -> Result<Option<bool>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answers = self.request(
+            || format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        )?;
+        for answer in &answers {
+            let RouteNetlinkMessage::NewLink(l) = answer else {
+                continue;
+            };
+            for attr in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = attr else {
+                    continue;
+                };
+                for info in infos {
+                    if let LinkInfo::PortData(InfoPortData::BridgePort(opts)) = info {
+                        for opt in opts {
+                            if let InfoBridgePort::HairpinMode(h) = opt {
+                                return Ok(Some(*h));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes a link by name; `Ok(false)` if there was none.
+    pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            || format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl From<NetlinkError> for std::io::Error {
+    fn from(e: NetlinkError) -> Self {
+        match e.errno() {
+            Some(errno) => std::io::Error::new(std::io::Error::from(errno).kind(), e.to_string()),
+            None => std::io::Error::other(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Sysctls of the network namespace the calling thread is in: `/proc/sys/net` shows the
+//! namespace of whoever opens it, so enter the namespace first (see [`crate::NetNs::run`]).
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Writes `value` to the sysctl `key` (e.g. `net.ipv4.ip_forward`) unless it already has it.
+pub fn set(key: &str, value: &str) -> io::Result<()> {
+    let p = path(key);
+    if let Ok(current) = fs::read_to_string(&p) {
+        if current.trim() == value {
+            return Ok(());
+        }
+    }
+    fs::write(&p, value).map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}={value}: {e}")))
+}
+
+/// Reads the sysctl `key`.
+pub fn get(key: &str) -> io::Result<String> {
+    fs::read_to_string(path(key))
+        .map(|s| s.trim().to_string())
+        .map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}: {e}")))
+}
