@@ -15,7 +15,10 @@ fn main() -> ExitCode {
         Ok(None) => (None, ExitCode::SUCCESS),
         Err(failure) => {
             eprintln!("podnet-cni: {}", failure.error);
-            (Some(failure.error.to_json(&failure.cni_version)), ExitCode::FAILURE)
+            (
+                Some(failure.error.to_json(&failure.cni_version)),
+                ExitCode::FAILURE,
+            )
         }
     };
     if let Some(out) = out {

@@ -97,7 +97,10 @@ impl Drop for NetNsGuard {
         // Failing to return would leave this thread configuring the wrong namespace;
         // there is no safe way to continue.
         if let Err(e) = setns(self.previous.file.as_fd(), CloneFlags::CLONE_NEWNET) {
-            panic!("cannot return to network namespace {}: {e}", self.previous.path.display());
+            panic!(
+                "cannot return to network namespace {}: {e}",
+                self.previous.path.display()
+            );
         }
     }
 }

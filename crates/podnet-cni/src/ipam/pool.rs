@@ -97,7 +97,10 @@ impl Pool {
 
     /// How many pod addresses of `subnet` are taken.
     pub fn in_use(&self, subnet: Ipv4Net) -> usize {
-        self.allocations.keys().filter(|ip| subnet.contains(*ip)).count()
+        self.allocations
+            .keys()
+            .filter(|ip| subnet.contains(*ip))
+            .count()
     }
 
     /// How many pod addresses `subnet` has in all (without network, broadcast, gateway).
@@ -162,7 +165,10 @@ mod tests {
         let mut p = Pool::default();
         assert_eq!(Pool::capacity(subnet), 5);
         let got: Vec<_> = (0..5)
-            .map(|i| p.allocate(subnet, GW, &att(&format!("c{i}"))).expect("fits"))
+            .map(|i| {
+                p.allocate(subnet, GW, &att(&format!("c{i}")))
+                    .expect("fits")
+            })
             .collect();
         assert_eq!(got.first(), Some(&Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 0, 0, 6)));
@@ -171,7 +177,10 @@ mod tests {
             Err(Exhausted { subnet, in_use: 5 })
         );
         p.release(&att("c1"));
-        assert_eq!(p.allocate(subnet, GW, &att("x")), Ok(Ipv4Addr::new(10, 0, 0, 3)));
+        assert_eq!(
+            p.allocate(subnet, GW, &att("x")),
+            Ok(Ipv4Addr::new(10, 0, 0, 3))
+        );
     }
 
     #[test]
@@ -193,6 +202,9 @@ mod tests {
             last_reserved: Some(Ipv4Addr::new(192, 168, 0, 9)),
             ..Pool::default()
         };
-        assert_eq!(p.allocate(net("10.0.0.0/24"), GW, &att("a")), Ok(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(
+            p.allocate(net("10.0.0.0/24"), GW, &att("a")),
+            Ok(Ipv4Addr::new(10, 0, 0, 2))
+        );
     }
 }

@@ -117,7 +117,8 @@ mod tests {
     use crate::spec::Attachment;
 
     fn tmpdir(label: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("podnet-ipam-unit-{}-{label}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("podnet-ipam-unit-{}-{label}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -147,7 +148,10 @@ mod tests {
                 })
             })
             .collect();
-        let mut ips: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+        let mut ips: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 16);

@@ -62,7 +62,10 @@ fn setup(
     let cid = &env.container_id;
     let mut host = Netlink::open().map_err(|e| kernel_error("open netlink on the node", e))?;
     let mut pod = Netlink::open_in(pod_ns).map_err(|e| {
-        kernel_error(format!("container {cid}: open netlink in the pod's namespace"), e)
+        kernel_error(
+            format!("container {cid}: open netlink in the pod's namespace"),
+            e,
+        )
     })?;
     let bridge = ensure_bridge(&mut host, r)?;
 
@@ -96,7 +99,12 @@ fn setup(
     })?;
     let host_link = must_find(&mut host, &host_name, "the node")?;
     host.set_bridge_port_up(host_link.index, true)
-        .map_err(|e| kernel_error(format!("container {cid}: attach {host_name} to {}", r.bridge), e))?;
+        .map_err(|e| {
+            kernel_error(
+                format!("container {cid}: attach {host_name} to {}", r.bridge),
+                e,
+            )
+        })?;
 
     let lo = must_find(&mut pod, "lo", "the pod")?;
     pod.set_up(lo.index)
@@ -105,7 +113,12 @@ fn setup(
     let address = Ipv4Net::new(ip, r.subnet.prefix_len())
         .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
     pod.add_address(pod_link.index, IpNet::V4(address))
-        .map_err(|e| kernel_error(format!("container {cid}: add {address} to {}", env.ifname), e))?;
+        .map_err(|e| {
+            kernel_error(
+                format!("container {cid}: add {address} to {}", env.ifname),
+                e,
+            )
+        })?;
     pod.set_up(pod_link.index)
         .map_err(|e| kernel_error(format!("container {cid}: bring {} up", env.ifname), e))?;
     let default = AddResult::default_route(r.gateway);
@@ -117,7 +130,12 @@ fn setup(
         onlink: false,
         link_scope: false,
     })
-    .map_err(|e| kernel_error(format!("container {cid}: add default route via {}", r.gateway), e))?;
+    .map_err(|e| {
+        kernel_error(
+            format!("container {cid}: add default route via {}", r.gateway),
+            e,
+        )
+    })?;
 
     Ok(AddResult {
         interfaces: vec![

@@ -27,11 +27,11 @@ pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError
     let pod_ns = open_netns(env)?;
     let cid = &env.container_id;
     let failed = |what: String| {
-        Err(CniError::new(
-            code::CHECK_FAILED,
-            format!("container {cid}: {what}"),
+        Err(
+            CniError::new(code::CHECK_FAILED, format!("container {cid}: {what}")).with_details(
+                "the pod's network was changed after ADD; delete and recreate the pod",
+            ),
         )
-        .with_details("the pod's network was changed after ADD; delete and recreate the pod"))
     };
 
     let pod_if = prev
@@ -57,14 +57,21 @@ pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError
         .link_by_name(&env.ifname)
         .map_err(|e| kernel_error("look up the pod interface", e))?
     else {
-        return failed(format!("interface {} is missing from {}", env.ifname, pod_ns.path().display()));
+        return failed(format!(
+            "interface {} is missing from {}",
+            env.ifname,
+            pod_ns.path().display()
+        ));
     };
     if !link.up {
         return failed(format!("interface {} is down", env.ifname));
     }
     if let (Some(want), Some(have)) = (&prev.interfaces[pod_if].mac, link.mac_string()) {
         if !want.eq_ignore_ascii_case(&have) {
-            return failed(format!("interface {} has MAC {have}, ADD gave it {want}", env.ifname));
+            return failed(format!(
+                "interface {} has MAC {have}, ADD gave it {want}",
+                env.ifname
+            ));
         }
     }
     let addrs = pod
@@ -100,7 +107,10 @@ pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError
         (None, _) => return failed(format!("bridge {} is missing from the node", r.bridge)),
         (_, None) => return failed(format!("host veth {host_name} is missing from the node")),
         (Some(b), Some(h)) if h.master != Some(b.index) => {
-            return failed(format!("host veth {host_name} is not attached to {}", r.bridge))
+            return failed(format!(
+                "host veth {host_name} is not attached to {}",
+                r.bridge
+            ))
         }
         (_, Some(h)) if !h.up => return failed(format!("host veth {host_name} is down")),
         _ => {}
@@ -112,7 +122,10 @@ pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError
     let allocated = pool.find(&attachment(env)).map(IpAddr::V4);
     for ip in &ips {
         if allocated != Some(ip.addr()) {
-            return failed(format!("address {} is not allocated to this attachment in IPAM", ip.addr()));
+            return failed(format!(
+                "address {} is not allocated to this attachment in IPAM",
+                ip.addr()
+            ));
         }
     }
     Ok(())

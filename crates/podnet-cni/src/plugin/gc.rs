@@ -50,8 +50,10 @@ pub fn gc(conf: &NetConf, version: Version) -> Result<(), CniError> {
     }
     // Keep going past a failed delete and report all of them.
     if !errors.is_empty() {
-        return Err(CniError::new(code::KERNEL, "GC: could not delete some stale host veths")
-            .with_details(errors.join("; ")));
+        return Err(
+            CniError::new(code::KERNEL, "GC: could not delete some stale host veths")
+                .with_details(errors.join("; ")),
+        );
     }
     Ok(())
 }

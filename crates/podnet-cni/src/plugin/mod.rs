@@ -14,8 +14,8 @@ use podnet_kernel::{NetNs, NetlinkError};
 use serde_json::{json, Value};
 
 use crate::ipam::Store;
-use crate::spec::{code, Attachment, CniError, Command, Env, NetConf, NodeConfig, Resolved};
 use crate::spec::version::SUPPORTED;
+use crate::spec::{code, Attachment, CniError, Command, Env, NetConf, NodeConfig, Resolved};
 
 pub use names::host_veth_name;
 
@@ -100,7 +100,10 @@ fn open_netns(env: &Env) -> Result<NetNs, CniError> {
     NetNs::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => CniError::new(
             code::UNKNOWN_CONTAINER,
-            format!("container {}: network namespace {path} does not exist", env.container_id),
+            format!(
+                "container {}: network namespace {path} does not exist",
+                env.container_id
+            ),
         ),
         io::ErrorKind::InvalidInput => CniError::new(
             code::INVALID_ENVIRONMENT,
@@ -108,7 +111,10 @@ fn open_netns(env: &Env) -> Result<NetNs, CniError> {
         ),
         _ => CniError::new(
             code::IO,
-            format!("container {}: cannot open network namespace {path}: {e}", env.container_id),
+            format!(
+                "container {}: cannot open network namespace {path}: {e}",
+                env.container_id
+            ),
         ),
     })
 }

@@ -21,7 +21,9 @@ pub fn status(conf: &NetConf, version: Version) -> Result<(), CniError> {
     };
     let pool = match Store::new(&r.ipam_dir).read() {
         Ok(p) => p,
-        Err(e) => return not_available(format!("cannot read the address pool: {e}"), String::new()),
+        Err(e) => {
+            return not_available(format!("cannot read the address pool: {e}"), String::new())
+        }
     };
     let in_use = pool.in_use(r.subnet);
     if in_use >= Pool::capacity(r.subnet) {

@@ -52,8 +52,11 @@ impl NetConf {
     /// field an invalid config (7).
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE, "cannot decode the network config on stdin as JSON")
-                .with_details(e.to_string())
+            CniError::new(
+                code::DECODE,
+                "cannot decode the network config on stdin as JSON",
+            )
+            .with_details(e.to_string())
         })?;
         if !value.is_object() {
             return Err(CniError::new(
@@ -62,7 +65,8 @@ impl NetConf {
             ));
         }
         serde_json::from_value(value).map_err(|e| {
-            CniError::new(code::INVALID_CONFIG, "invalid network config").with_details(e.to_string())
+            CniError::new(code::INVALID_CONFIG, "invalid network config")
+                .with_details(e.to_string())
         })
     }
 
@@ -173,7 +177,10 @@ impl NetConf {
             ));
         }
         let gateway = subnet.hosts().next().ok_or_else(|| {
-            CniError::new(code::INVALID_CONFIG, format!("subnet {subnet} has no host addresses"))
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("subnet {subnet} has no host addresses"),
+            )
         })?;
         Ok(Resolved {
             ipam_dir: self.data_dir().join(&network),
@@ -191,7 +198,9 @@ fn parse_subnet(text: &str) -> Result<Ipv4Net, CniError> {
         if text.contains(':') {
             CniError::new(
                 code::INVALID_CONFIG,
-                format!("subnet {text:?}: IPv6 pod subnets are not supported yet; use an IPv4 CIDR"),
+                format!(
+                    "subnet {text:?}: IPv6 pod subnets are not supported yet; use an IPv4 CIDR"
+                ),
             )
         } else {
             CniError::new(
@@ -203,7 +212,10 @@ fn parse_subnet(text: &str) -> Result<Ipv4Net, CniError> {
     if net.network() != net.addr() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            format!("subnet {net} is not a network address; did you mean {}?", net.trunc()),
+            format!(
+                "subnet {net} is not a network address; did you mean {}?",
+                net.trunc()
+            ),
         ));
     }
     if net.prefix_len() > 30 {
@@ -280,7 +292,8 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","subnet":"10.1.0.0/16"}"#);
+        let c =
+            conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","subnet":"10.1.0.0/16"}"#);
         let r = c.resolve(no_node).expect("resolves");
         assert_eq!(r.bridge, DEFAULT_BRIDGE);
         assert_eq!(r.mtu, DEFAULT_MTU);
@@ -290,7 +303,9 @@ mod tests {
 
     #[test]
     fn subnet_and_mtu_come_from_the_node_file() {
-        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","nodeConfig":"/x/node.json"}"#);
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","nodeConfig":"/x/node.json"}"#,
+        );
         let r = c
             .resolve(|p| {
                 assert_eq!(p, Path::new("/x/node.json"));
@@ -303,7 +318,8 @@ mod tests {
         assert_eq!(r.subnet.to_string(), "10.244.7.0/24");
         assert_eq!(r.mtu, 1450);
         // The config wins over the node file.
-        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","subnet":"10.9.0.0/24"}"#);
+        let c =
+            conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni","subnet":"10.9.0.0/24"}"#);
         let r = c
             .resolve(|_| {
                 Ok(Some(NodeConfig {
@@ -321,20 +337,48 @@ mod tests {
         let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"podnet-cni"}"#);
         let err = c.resolve(no_node).expect_err("no subnet");
         assert_eq!(err.code, code::TRY_AGAIN_LATER);
-        assert!(err.msg.contains("/run/podnet/node.json does not exist"), "{}", err.msg);
+        assert!(
+            err.msg.contains("/run/podnet/node.json does not exist"),
+            "{}",
+            err.msg
+        );
     }
 
     #[test]
     fn bad_values_are_invalid_config() {
         for (json, needle) in [
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.5/24"}"#, "did you mean 10.1.0.0/24"),
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/31"}"#, "too small"),
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"banana"}"#, "not an IPv4 CIDR"),
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64"}"#, "IPv6"),
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","mtu":20}"#, "out of range"),
-            (r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","bridge":"a/b"}"#, "bridge"),
-            (r#"{"cniVersion":"1.0.0","subnet":"10.1.0.0/24"}"#, "no \"name\""),
-            (r#"{"cniVersion":"1.0.0","name":"../x","subnet":"10.1.0.0/24"}"#, "invalid"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.5/24"}"#,
+                "did you mean 10.1.0.0/24",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/31"}"#,
+                "too small",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"banana"}"#,
+                "not an IPv4 CIDR",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64"}"#,
+                "IPv6",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","mtu":20}"#,
+                "out of range",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","bridge":"a/b"}"#,
+                "bridge",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","subnet":"10.1.0.0/24"}"#,
+                "no \"name\"",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"../x","subnet":"10.1.0.0/24"}"#,
+                "invalid",
+            ),
         ] {
             let err = conf(json).resolve(no_node).expect_err(json);
             assert_eq!(err.code, code::INVALID_CONFIG, "{json}");
@@ -353,12 +397,23 @@ mod tests {
 
     #[test]
     fn version_negotiation() {
-        assert_eq!(conf(r#"{"cniVersion":"0.3.1"}"#).version(), Ok(Version::V0_3_1));
-        let err = conf(r#"{"cniVersion":"9.9.9"}"#).version().expect_err("unknown");
+        assert_eq!(
+            conf(r#"{"cniVersion":"0.3.1"}"#).version(),
+            Ok(Version::V0_3_1)
+        );
+        let err = conf(r#"{"cniVersion":"9.9.9"}"#)
+            .version()
+            .expect_err("unknown");
         assert_eq!(err.code, code::INCOMPATIBLE_VERSION);
         assert!(err.details.contains("1.1.0"));
-        assert_eq!(conf(r#"{"cniVersion":"9.9.9"}"#).version_for_errors(), "1.1.0");
-        assert_eq!(conf("{}").version().expect_err("missing").code, code::INVALID_CONFIG);
+        assert_eq!(
+            conf(r#"{"cniVersion":"9.9.9"}"#).version_for_errors(),
+            "1.1.0"
+        );
+        assert_eq!(
+            conf("{}").version().expect_err("missing").code,
+            code::INVALID_CONFIG
+        );
     }
 
     #[test]

@@ -57,9 +57,9 @@ impl Env {
                 _ => {}
             }
         }
-        let command_s = command
-            .filter(|c: &String| !c.is_empty())
-            .ok_or_else(|| invalid("CNI_COMMAND is not set; expected one of ADD, DEL, CHECK, STATUS, GC, VERSION"))?;
+        let command_s = command.filter(|c: &String| !c.is_empty()).ok_or_else(|| {
+            invalid("CNI_COMMAND is not set; expected one of ADD, DEL, CHECK, STATUS, GC, VERSION")
+        })?;
         let command = Command::parse(&command_s).ok_or_else(|| {
             invalid(format!(
                 "CNI_COMMAND={command_s:?} is not a CNI command; expected one of ADD, DEL, CHECK, STATUS, GC, VERSION"
@@ -94,10 +94,7 @@ fn invalid(msg: impl Into<String>) -> CniError {
 /// The spec: at least one character, alphanumerics plus `_`, `.` and `-`, starting with
 /// an alphanumeric.
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let valid = id
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
+    let valid = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -120,7 +117,9 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     if name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
     {
         return Err(invalid(format!(
             "CNI_IFNAME={name:?} is not a valid interface name (at most 15 characters, no '/', ':' or spaces)"

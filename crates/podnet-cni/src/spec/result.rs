@@ -66,7 +66,11 @@ impl AddResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version.ips_carry_version() {
-                    let v = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let v = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     o.insert("version".into(), json!(v));
                 }
                 o.insert("address".into(), json!(ip.address.to_string()));
@@ -102,9 +106,8 @@ impl AddResult {
 
     /// Reads a result of any supported version (as `prevResult`).
     pub fn parse(v: &Value) -> Result<AddResult, CniError> {
-        let bad = |what: &str| {
-            CniError::new(code::DECODE, format!("cannot read prevResult: {what}"))
-        };
+        let bad =
+            |what: &str| CniError::new(code::DECODE, format!("cannot read prevResult: {what}"));
         let obj = v.as_object().ok_or_else(|| bad("not a JSON object"))?;
         let mut out = AddResult::default();
         for i in list(obj, "interfaces") {
@@ -135,7 +138,10 @@ impl AddResult {
                     .get("gateway")
                     .and_then(Value::as_str)
                     .and_then(|s| s.parse().ok()),
-                interface: ip.get("interface").and_then(Value::as_u64).map(|i| i as usize),
+                interface: ip
+                    .get("interface")
+                    .and_then(Value::as_u64)
+                    .map(|i| i as usize),
             });
         }
         for r in list(obj, "routes") {
@@ -146,7 +152,10 @@ impl AddResult {
                 .ok_or_else(|| bad("a route has no valid \"dst\""))?;
             out.routes.push(RouteEntry {
                 dst,
-                gw: r.get("gw").and_then(Value::as_str).and_then(|s| s.parse().ok()),
+                gw: r
+                    .get("gw")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok()),
             });
         }
         Ok(out)
@@ -162,10 +171,7 @@ impl AddResult {
 }
 
 fn list<'a>(obj: &'a Map<String, Value>, key: &str) -> impl Iterator<Item = &'a Value> {
-    obj.get(key)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    obj.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
 #[cfg(test)]
@@ -235,7 +241,12 @@ mod tests {
 
     #[test]
     fn parses_what_it_renders_in_every_version() {
-        for v in [Version::V0_3_0, Version::V0_3_1, Version::V0_4_0, Version::V1_0_0] {
+        for v in [
+            Version::V0_3_0,
+            Version::V0_3_1,
+            Version::V0_4_0,
+            Version::V1_0_0,
+        ] {
             let mut want = sample();
             for i in &mut want.interfaces {
                 i.mtu = None;
@@ -252,6 +263,9 @@ mod tests {
     fn broken_prev_result_is_a_decode_error() {
         let err = AddResult::parse(&json!({"ips": [{"address": "nope"}]})).expect_err("bad");
         assert_eq!(err.code, code::DECODE);
-        assert_eq!(AddResult::parse(&json!(3)).expect_err("bad").code, code::DECODE);
+        assert_eq!(
+            AddResult::parse(&json!(3)).expect_err("bad").code,
+            code::DECODE
+        );
     }
 }

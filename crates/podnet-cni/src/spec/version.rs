@@ -70,7 +70,10 @@ mod tests {
             let v = Version::parse(s).expect("supported version parses");
             assert_eq!(v.as_str(), s);
         }
-        assert_eq!(Version::LATEST.as_str(), *SUPPORTED.last().expect("non-empty"));
+        assert_eq!(
+            Version::LATEST.as_str(),
+            *SUPPORTED.last().expect("non-empty")
+        );
     }
 
     #[test]

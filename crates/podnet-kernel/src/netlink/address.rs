@@ -16,15 +16,19 @@ fn message(index: u32, addr: IpNet) -> AddressMessage {
     match addr {
         IpNet::V4(v4) => {
             msg.header.family = AddressFamily::Inet;
-            msg.attributes.push(AddressAttribute::Local(IpAddr::V4(v4.addr())));
-            msg.attributes.push(AddressAttribute::Address(IpAddr::V4(v4.addr())));
+            msg.attributes
+                .push(AddressAttribute::Local(IpAddr::V4(v4.addr())));
+            msg.attributes
+                .push(AddressAttribute::Address(IpAddr::V4(v4.addr())));
             if v4.prefix_len() < 31 {
-                msg.attributes.push(AddressAttribute::Broadcast(v4.broadcast()));
+                msg.attributes
+                    .push(AddressAttribute::Broadcast(v4.broadcast()));
             }
         }
         IpNet::V6(v6) => {
             msg.header.family = AddressFamily::Inet6;
-            msg.attributes.push(AddressAttribute::Address(IpAddr::V6(v6.addr())));
+            msg.attributes
+                .push(AddressAttribute::Address(IpAddr::V6(v6.addr())));
         }
     }
     msg

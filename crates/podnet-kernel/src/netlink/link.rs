@@ -132,7 +132,9 @@ impl Netlink {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         msg.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         self.request(
@@ -156,7 +158,8 @@ impl Netlink {
             peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
         }
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
         if let Some(master) = spec.master {
             msg.attributes.push(LinkAttribute::Controller(master));

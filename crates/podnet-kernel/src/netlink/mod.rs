@@ -133,12 +133,13 @@ impl Netlink {
             let mut offset = 0;
             while offset < size {
                 let bytes = &self.buf[offset..size];
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(
-                    |e| NetlinkError::Decode {
-                        op: op(),
-                        detail: e.to_string(),
-                    },
-                )?;
+                let msg =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                        NetlinkError::Decode {
+                            op: op(),
+                            detail: e.to_string(),
+                        }
+                    })?;
                 let len = msg.header.length as usize;
                 // Answers to an earlier request that timed out or was abandoned.
                 if msg.header.sequence_number != self.seq {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -51,9 +51,10 @@ impl Route {
             msg.header.flags = RouteFlags::Onlink;
         }
         if self.destination.prefix_len() > 0 {
-            msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(
-                self.destination.network(),
-            )));
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    self.destination.network(),
+                )));
         }
         if let Some(gw) = self.gateway {
             msg.attributes
@@ -66,8 +67,7 @@ impl Route {
     }
 
     fn from_message(msg: &RouteMessage) -> Option<Route> {
-        if msg.header.table != RouteHeader::RT_TABLE_MAIN || msg.header.kind != RouteType::Unicast
-        {
+        if msg.header.table != RouteHeader::RT_TABLE_MAIN || msg.header.kind != RouteType::Unicast {
             return None;
         }
         let mut dst: Option<IpAddr> = None;

@@ -1,0 +1,252 @@
+//! A node namespace with podnet-cni run in it exactly as a runtime runs it: CNI
+//! environment variables, the config on stdin, the process inside the node's namespace.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use podnet_kernel::{NetNs, Netlink};
+use podnet_testkit::{in_netns, Fixture};
+use serde_json::{json, Value};
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet-cni");
+
+pub struct Node {
+    pub fx: Fixture,
+    pub ns: NetNs,
+    pub subnet: String,
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub ok: bool,
+    pub json: Value,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+    pub fn msg(&self) -> &str {
+        self.json["msg"].as_str().unwrap_or("")
+    }
+}
+
+impl Node {
+    pub fn new(label: &str, subnet: &str) -> Node {
+        let mut fx = Fixture::new(label);
+        let ns = fx.netns("node");
+        Node {
+            fx,
+            ns,
+            subnet: subnet.to_string(),
+        }
+    }
+
+    pub fn pod(&mut self, name: &str) -> NetNs {
+        self.fx.netns(name)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.fx.dir().join("ipam")
+    }
+
+    pub fn node_file(&self) -> PathBuf {
+        self.fx.dir().join("node.json")
+    }
+
+    pub fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "podnet-test",
+            "type": "podnet-cni",
+            "bridge": "podnet0",
+            "subnet": self.subnet,
+            "mtu": 1450,
+            "dataDir": self.data_dir(),
+            "nodeConfig": self.node_file(),
+        })
+    }
+
+    fn command(&self, verb: &str, cid: &str, netns: Option<&Path>, ifname: &str) -> Command {
+        let mut cmd = Command::new(PLUGIN);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = netns {
+            cmd.env("CNI_NETNS", n);
+        }
+        in_netns(&mut cmd, &self.ns);
+        cmd
+    }
+
+    /// Starts the plugin without waiting for it.
+    pub fn spawn(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &Value) -> Child {
+        let mut child = self
+            .command(verb, cid, netns, "eth0")
+            .spawn()
+            .expect("start podnet-cni");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .expect("write config");
+        child
+    }
+
+    pub fn cni(&self, verb: &str, cid: &str, netns: Option<&Path>, conf: &Value) -> Out {
+        self.cni_raw(verb, cid, netns, "eth0", conf.to_string().as_bytes())
+    }
+
+    pub fn cni_raw(
+        &self,
+        verb: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+        stdin: &[u8],
+    ) -> Out {
+        let mut cmd = self.command(verb, cid, netns, ifname);
+        finish(&mut cmd, stdin)
+    }
+
+    /// Runs the plugin with exactly `env` (plus PATH) and `stdin`.
+    pub fn cni_env(&self, env: &[(&str, &str)], stdin: &[u8]) -> Out {
+        let mut cmd = Command::new(PLUGIN);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        in_netns(&mut cmd, &self.ns);
+        finish(&mut cmd, stdin)
+    }
+
+    pub fn add(&self, cid: &str, pod: &NetNs) -> Value {
+        let out = self.cni("ADD", cid, Some(pod.path()), &self.conf("1.1.0"));
+        assert!(out.ok, "ADD {cid} failed: {out:?}");
+        out.json
+    }
+
+    /// Names of the links in the node's namespace.
+    pub fn node_links(&self) -> Vec<String> {
+        let mut nl = Netlink::open_in(&self.ns).expect("netlink in node");
+        nl.links()
+            .expect("list links")
+            .into_iter()
+            .map(|l| l.name)
+            .collect()
+    }
+
+    /// Host veths podnet made (name prefix `pn`).
+    pub fn host_veths(&self) -> Vec<String> {
+        self.node_links()
+            .into_iter()
+            .filter(|n| n.starts_with("pn"))
+            .collect()
+    }
+
+    /// The IPAM pool file's allocations (empty if the pool does not exist).
+    pub fn allocations(&self) -> Vec<String> {
+        let path = self.data_dir().join("podnet-test").join("pool.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).expect("pool.json is JSON");
+                v["allocations"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn finish(cmd: &mut Command, stdin: &[u8]) -> Out {
+    let mut child = cmd.spawn().expect("start podnet-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait for podnet-cni");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+    };
+    Out {
+        ok: out.status.success(),
+        json,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The pod's address from an ADD result, without the prefix length.
+pub fn pod_ip(result: &Value) -> String {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .expect("result has an IP");
+    addr.split('/').next().expect("address").to_string()
+}
+
+/// Builds the libcni client (tests/libcni-client) with Debian's Go and libcni, once per
+/// test process, and returns its path.
+pub fn libcni_client() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let out = out_dir.join("libcni-client");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg("./tests/libcni-client")
+                .current_dir(&root)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOCACHE", out_dir.join("gocache"))
+                .status()
+                .expect("run `go` (install golang-go and golang-github-appc-cni-dev)");
+            assert!(status.success(), "building the libcni client failed");
+            out
+        })
+        .clone()
+}
+
+/// Where libcni looks for plugins: podnet-cni's build directory, then Debian's reference
+/// plugins.
+pub fn cni_path() -> String {
+    let ours = Path::new(PLUGIN).parent().expect("plugin dir");
+    format!("{}:/usr/lib/cni", ours.display())
+}
+
+/// Runs the libcni client inside the node's namespace.
+pub fn libcni(node: &Node, conflist: &Path, args: &[&str]) -> Out {
+    let mut cmd = Command::new(libcni_client());
+    cmd.arg("-cni-path")
+        .arg(cni_path())
+        .arg("-conflist")
+        .arg(conflist)
+        .arg("-cache-dir")
+        .arg(node.fx.dir().join("libcni-cache"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    in_netns(&mut cmd, &node.ns);
+    finish(&mut cmd, b"")
+}
