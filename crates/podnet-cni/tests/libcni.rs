@@ -74,7 +74,7 @@ fn add_check_del_through_libcni_with_a_chained_tuning_plugin() {
 
     let del = libcni(&node, &file, &[&["del"][..], &attach[..]].concat());
     assert!(del.ok, "DEL through libcni: {del:?}");
-    assert!(node.host_veths().is_empty());
+    node.assert_host_veths_gone();
     assert!(node.allocations().is_empty());
 }
 

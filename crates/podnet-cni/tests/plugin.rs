@@ -14,8 +14,12 @@ use podnet_testkit::{
 use serde_json::json;
 
 fn ping(from: &NetNs, to: &str) -> bool {
+    ping_within(from, to, 2)
+}
+
+fn ping_within(from: &NetNs, to: &str, seconds: u32) -> bool {
     let mut cmd = Command::new("ping");
-    cmd.args(["-c", "1", "-W", "2", to]);
+    cmd.args(["-c", "1", "-W", &seconds.to_string(), to]);
     in_netns(&mut cmd, from)
         .output()
         .expect("run ping (install iputils-ping)")
@@ -114,16 +118,22 @@ fn containers_of_a_pod_talk_over_localhost() {
 fn del_is_idempotent_and_survives_a_deleted_namespace() {
     let mut node = Node::new("cni-del", "10.244.3.0/24");
     let pod = node.pod("p");
+    let peer = node.pod("peer");
     let conf = node.conf("1.1.0");
-    node.add("ctr-del", &pod);
-    assert_eq!(node.host_veths().len(), 1);
-    assert_eq!(node.allocations().len(), 1);
+    let ip = pod_ip(&node.add("ctr-del", &pod));
+    node.add("ctr-peer", &peer);
+    assert!(ping(&peer, &ip));
+    assert_eq!(node.host_veths().len(), 2);
+    assert_eq!(node.allocations().len(), 2);
     for _ in 0..2 {
         let out = node.cni("DEL", "ctr-del", Some(pod.path()), &conf);
         assert!(out.ok, "DEL: {out:?}");
         assert_eq!(out.json, serde_json::Value::Null, "DEL prints nothing");
+        // Cut off the moment DEL answers, even while the kernel still deletes the pair.
+        assert!(!ping_within(&peer, &ip, 1), "the deleted pod still answers");
     }
-    assert!(node.host_veths().is_empty());
+    node.cni("DEL", "ctr-peer", Some(peer.path()), &conf);
+    node.assert_host_veths_gone();
     assert!(node.allocations().is_empty());
 
     // The runtime deletes the namespace before DEL: still succeeds and frees the address.
@@ -141,7 +151,7 @@ fn del_is_idempotent_and_survives_a_deleted_namespace() {
     assert!(out.ok, "DEL after the namespace is gone: {out:?}");
     let out = node.cni("DEL", "ctr-gone", None, &conf);
     assert!(out.ok, "DEL without CNI_NETNS: {out:?}");
-    assert!(node.host_veths().is_empty());
+    node.assert_host_veths_gone();
     assert!(node.allocations().is_empty());
 }
 
@@ -220,7 +230,7 @@ fn thirty_two_concurrent_adds_get_distinct_addresses_and_dels_leave_nothing() {
         );
     }
     assert!(node.allocations().is_empty());
-    assert!(node.host_veths().is_empty());
+    node.assert_host_veths_gone();
 }
 
 #[test]

@@ -1,22 +1,45 @@
-//! DEL: remove the veth pair and free the address. Idempotent: an attachment whose
-//! namespace, interfaces or allocation are already gone is deleted successfully. Needs
-//! neither the pod's namespace (the host end is found by its derived name, and deleting it
-//! removes the pod end) nor the node file.
+//! DEL: cut the pod off, free its address, and delete its veth pair. Idempotent: an
+//! attachment whose namespace, interfaces or allocation are already gone is deleted
+//! successfully. Needs neither the pod's namespace (the host end is found by its derived
+//! name, and deleting it removes the pod end) nor the node file.
+//!
+//! Deleting a network device costs the kernel an RCU grace period (about 15 ms here),
+//! most of a DEL. So DEL takes the host end down (the pod is cut off from the bridge at
+//! once), frees the address, and returns the deletion itself as [`super::Deferred`] for
+//! the binary to finish after it has answered the runtime.
 
 use podnet_kernel::Netlink;
 
-use super::{attachment, host_veth_name, io_error, kernel_error, store};
+use super::{attachment, host_veth_name, io_error, kernel_error, store, Deferred};
 use crate::spec::{CniError, Env, NetConf};
 
-pub fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+pub fn del(env: &Env, conf: &NetConf) -> Result<Option<Deferred>, CniError> {
     let att = attachment(env);
     let cid = &env.container_id;
     let host_name = host_veth_name(&att);
     let mut host = Netlink::open().map_err(|e| kernel_error("open netlink on the node", e))?;
-    host.delete_link_by_name(&host_name)
-        .map_err(|e| kernel_error(format!("container {cid}: delete {host_name}"), e))?;
+    let link = host
+        .link_by_name(&host_name)
+        .map_err(|e| kernel_error(format!("container {cid}: look up {host_name}"), e))?;
+    if let Some(link) = &link {
+        match host.set_down(link.index) {
+            Ok(()) => {}
+            // Gone in the meantime (its namespace was deleted): nothing left to cut off.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(kernel_error(
+                    format!("container {cid}: take {host_name} down"),
+                    e,
+                ))
+            }
+        }
+    }
     store(conf)?
         .update(|pool| pool.release(&att))
         .map_err(|e| io_error(format!("container {cid}: release address"), e))?;
-    Ok(())
+    Ok(link.map(|l| Deferred::DeleteLink {
+        netlink: host,
+        index: l.index,
+        name: host_name,
+    }))
 }

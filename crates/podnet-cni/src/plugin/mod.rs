@@ -10,7 +10,7 @@ mod status;
 
 use std::io;
 
-use podnet_kernel::{NetNs, NetlinkError};
+use podnet_kernel::{NetNs, Netlink, NetlinkError};
 use serde_json::{json, Value};
 
 use crate::ipam::Store;
@@ -26,8 +26,41 @@ pub struct Failure {
     pub cni_version: String,
 }
 
-/// Runs one invocation: `Ok(Some(json))` to print, `Ok(None)` for success without output.
-pub fn run<I, K, V>(vars: I, stdin: &[u8]) -> Result<Option<Value>, Failure>
+/// A successful invocation: what to print, and work that may finish after the answer.
+pub struct Success {
+    pub output: Option<Value>,
+    pub deferred: Option<Deferred>,
+}
+
+/// Work whose outcome the runtime does not wait for: the caller may run it after answering
+/// (in a child process), or at once with [`Deferred::run`].
+pub enum Deferred {
+    /// Delete a link that is already cut off. By index, so a link made later under the
+    /// same name (a new ADD of the same attachment) is never touched.
+    DeleteLink {
+        netlink: Netlink,
+        index: u32,
+        name: String,
+    },
+}
+
+impl Deferred {
+    pub fn run(self) -> Result<(), CniError> {
+        match self {
+            Deferred::DeleteLink {
+                mut netlink,
+                index,
+                name,
+            } => netlink
+                .delete_link_by_index(index)
+                .map(drop)
+                .map_err(|e| kernel_error(format!("delete {name}"), e)),
+        }
+    }
+}
+
+/// Runs one invocation.
+pub fn run<I, K, V>(vars: I, stdin: &[u8]) -> Result<Success, Failure>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<str>,
@@ -41,7 +74,10 @@ where
             .unwrap_or_else(|_| latest()),
     })?;
     if env.command == Command::Version {
-        return Ok(Some(version_info(stdin)));
+        return Ok(Success {
+            output: Some(version_info(stdin)),
+            deferred: None,
+        });
     }
     let conf = NetConf::parse(stdin).map_err(|error| Failure {
         error,
@@ -52,12 +88,19 @@ where
         cni_version: conf.version_for_errors().to_string(),
     };
     let version = conf.version().map_err(fail)?;
+    let done = |output| Success {
+        output,
+        deferred: None,
+    };
     match env.command {
-        Command::Add => add::add(&env, &conf, version).map(Some),
-        Command::Del => del::del(&env, &conf).map(|()| None),
-        Command::Check => check::check(&env, &conf, version).map(|()| None),
-        Command::Status => status::status(&conf, version).map(|()| None),
-        Command::Gc => gc::gc(&conf, version).map(|()| None),
+        Command::Add => add::add(&env, &conf, version).map(|r| done(Some(r))),
+        Command::Del => del::del(&env, &conf).map(|deferred| Success {
+            output: None,
+            deferred,
+        }),
+        Command::Check => check::check(&env, &conf, version).map(|()| done(None)),
+        Command::Status => status::status(&conf, version).map(|()| done(None)),
+        Command::Gc => gc::gc(&conf, version).map(|()| done(None)),
         Command::Version => unreachable!("answered above"),
     }
     .map_err(fail)

@@ -155,6 +155,23 @@ impl Node {
             .collect()
     }
 
+    /// Waits until no podnet host veth is left (DEL finishes deleting the veth pair after
+    /// it answered); fails the test if one is still there after two seconds.
+    pub fn assert_host_veths_gone(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let left = self.host_veths();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host veths still present 2s after DEL: {left:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// The IPAM pool file's allocations (empty if the pool does not exist).
     pub fn allocations(&self) -> Vec<String> {
         let path = self.data_dir().join("podnet-test").join("pool.json");

@@ -178,12 +178,25 @@ impl Netlink {
 
     /// Brings a link up.
     pub fn set_up(&mut self, index: u32) -> Result<()> {
+        self.set_state(index, true)
+    }
+
+    /// Takes a link down. Cheap, unlike deleting it: a down bridge port forwards nothing.
+    pub fn set_down(&mut self, index: u32) -> Result<()> {
+        self.set_state(index, false)
+    }
+
+    fn set_state(&mut self, index: u32, up: bool) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        msg.header.flags = LinkFlags::Up;
+        msg.header.flags = if up {
+            LinkFlags::Up
+        } else {
+            LinkFlags::empty()
+        };
         msg.header.change_mask = LinkFlags::Up;
         self.request(
-            || format!("bring link {index} up"),
+            || format!("bring link {index} {}", if up { "up" } else { "down" }),
             RouteNetlinkMessage::SetLink(msg),
             0,
         )
@@ -247,11 +260,19 @@ impl Netlink {
     pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(
-            || format!("delete link {name}"),
-            RouteNetlinkMessage::DelLink(msg),
-            0,
-        ) {
+        self.delete_link(msg, || format!("delete link {name}"))
+    }
+
+    /// Deletes a link by index; `Ok(false)` if there was none. An index is never reused
+    /// for another link while the namespace lives, unlike a name.
+    pub fn delete_link_by_index(&mut self, index: u32) -> Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.delete_link(msg, || format!("delete link {index}"))
+    }
+
+    fn delete_link(&mut self, msg: LinkMessage, op: impl Fn() -> String) -> Result<bool> {
+        match self.request(op, RouteNetlinkMessage::DelLink(msg), 0) {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
