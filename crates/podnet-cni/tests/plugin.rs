@@ -366,6 +366,21 @@ fn bad_input_gets_the_spec_code_and_changes_nothing() {
 
     // Errors are JSON on stdout and also explained on stderr.
     assert!(out.stderr.contains("does not exist"));
+
+    let mut ipam = conf.clone();
+    ipam["ipam"] = json!({"type": "host-local"});
+    let out = run(full("ADD"), ipam.to_string().as_bytes());
+    assert_eq!((out.ok, out.code()), (false, 2), "delegated ipam: {out:?}");
+    assert_nothing_changed(&node);
+
+    // IPAM state that cannot be written (dataDir under a regular file): an I/O error.
+    let file = node.fx.dir().join("a-file");
+    std::fs::write(&file, b"").expect("write");
+    let mut unwritable = conf.clone();
+    unwritable["dataDir"] = json!(file.join("ipam"));
+    let out = run(full("ADD"), unwritable.to_string().as_bytes());
+    assert_eq!((out.ok, out.code()), (false, 5), "unwritable IPAM: {out:?}");
+    assert!(out.msg().contains("a-file/ipam"), "{}", out.msg());
     assert_nothing_changed(&node);
 }
 

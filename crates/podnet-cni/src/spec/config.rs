@@ -43,6 +43,8 @@ pub struct NetConf {
     pub data_dir: Option<PathBuf>,
     pub node_config: Option<PathBuf>,
     pub prev_result: Option<Value>,
+    /// podnet-cni allocates addresses itself; a delegated IPAM plugin is not supported.
+    pub ipam: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -142,6 +144,13 @@ impl NetConf {
         load_node: impl FnOnce(&Path) -> Result<Option<NodeConfig>, CniError>,
     ) -> Result<Resolved, CniError> {
         let network = self.network_name()?.to_string();
+        if let Some(ipam) = &self.ipam {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("unsupported field \"ipam\": {ipam}"),
+            )
+            .with_details("podnet-cni allocates pod addresses itself from \"subnet\"; remove the ipam section"));
+        }
         let bridge = self.bridge()?;
         let node_path = self.node_config_path();
         let node = if self.subnet.is_none() || self.mtu.is_none() {
@@ -386,6 +395,20 @@ mod tests {
         }
         let err = NetConf::parse(br#"{"cniVersion":"1.0.0","mtu":"big"}"#).expect_err("typed");
         assert_eq!(err.code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn a_delegated_ipam_is_an_unsupported_field() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","ipam":{"type":"host-local"}}"#,
+        );
+        let err = c.resolve(no_node).expect_err("ipam");
+        assert_eq!(err.code, code::UNSUPPORTED_FIELD);
+        assert!(
+            err.msg.contains("\"ipam\"") && err.msg.contains("host-local"),
+            "{}",
+            err.msg
+        );
     }
 
     #[test]
