@@ -27,7 +27,12 @@ pub fn capacity(cluster: Ipv4Net, node_prefix: u8) -> u64 {
 }
 
 /// The first block of `cluster` not in `used`, or an error naming what would fit.
-pub fn next_free(cluster: Ipv4Net, node_prefix: u8, used: &[Ipv4Net], nodes_after: usize) -> Result<Ipv4Net, CidrError> {
+pub fn next_free(
+    cluster: Ipv4Net,
+    node_prefix: u8,
+    used: &[Ipv4Net],
+    nodes_after: usize,
+) -> Result<Ipv4Net, CidrError> {
     let too_small = || {
         let bits = (usize::BITS - nodes_after.saturating_sub(1).leading_zeros()) as u8;
         CidrError::TooSmall {
@@ -41,7 +46,11 @@ pub fn next_free(cluster: Ipv4Net, node_prefix: u8, used: &[Ipv4Net], nodes_afte
     let subnets = cluster.subnets(node_prefix).map_err(|_| too_small())?;
     subnets
         .into_iter()
-        .find(|s| !used.iter().any(|u| u.contains(&s.network()) || s.contains(&u.network())))
+        .find(|s| {
+            !used
+                .iter()
+                .any(|u| u.contains(&s.network()) || s.contains(&u.network()))
+        })
         .ok_or_else(too_small)
 }
 

@@ -52,7 +52,8 @@ pub fn plan(deploy: &Deployment, owned: &[&Pod]) -> ReplicaPlan {
             .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
             == Some(&hash);
         if exited || !same_template {
-            out.delete.push(pod.metadata.name.clone().unwrap_or_default());
+            out.delete
+                .push(pod.metadata.name.clone().unwrap_or_default());
         } else {
             current.push(pod);
         }
@@ -111,9 +112,11 @@ pub fn new_pod(deploy: &Deployment, suffix: &str) -> Pod {
 
 /// Whether `pod` is owned by the Deployment `name` (through its controller reference).
 pub fn owned_by(pod: &Pod, name: &str) -> bool {
-    pod.metadata.owner_references.iter().flatten().any(|o| {
-        o.kind == "Deployment" && o.name == name && o.controller == Some(true)
-    })
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Deployment" && o.name == name && o.controller == Some(true))
 }
 
 #[cfg(test)]
@@ -156,9 +159,15 @@ mod tests {
         let p = plan(&d1, &[&a, &b, &c]);
         assert_eq!(p.create, 0);
         assert_eq!(p.delete.len(), 2);
-        assert!(p.delete.iter().any(|n| n.ends_with("bbbbb")), "the not-ready pod goes first: {p:?}");
+        assert!(
+            p.delete.iter().any(|n| n.ends_with("bbbbb")),
+            "the not-ready pod goes first: {p:?}"
+        );
         assert!(owned_by(&a, "web"));
-        assert_eq!(a.metadata.name.as_deref().map(|n| n.starts_with("web-")), Some(true));
+        assert_eq!(
+            a.metadata.name.as_deref().map(|n| n.starts_with("web-")),
+            Some(true)
+        );
     }
 
     #[test]

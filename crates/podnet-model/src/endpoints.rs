@@ -92,7 +92,13 @@ pub fn desired_slices(svc: &Service, pods: &[&Pod]) -> Vec<EndpointSlice> {
     if groups.is_empty() {
         let ports = ports
             .iter()
-            .map(|p| (p.name.clone().unwrap_or_default(), p.protocol.clone().unwrap_or_else(|| "TCP".into()), 0))
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    0,
+                )
+            })
             .collect();
         groups.insert(ports, Vec::new());
     }
@@ -231,7 +237,10 @@ spec: {containers: [{name: c, command: [x]}]}
         assert_eq!(
             summary,
             vec![
-                (vec!["10.244.0.11".into(), "10.244.0.13".into()], vec![Some(8080), Some(9091)]),
+                (
+                    vec!["10.244.0.11".into(), "10.244.0.13".into()],
+                    vec![Some(8080), Some(9091)]
+                ),
                 (vec!["10.244.0.12".into()], vec![Some(8081), Some(9091)]),
             ]
         );
@@ -244,12 +253,17 @@ spec: {containers: [{name: c, command: [x]}]}
     fn not_ready_and_terminating_pods_leave_the_slice() {
         let (svc, mut pods) = setup();
         pods[0] = running(pods[0].clone(), "10.244.0.11", false);
-        pods[2].metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        ));
+        pods[2].metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         let refs: Vec<&Pod> = pods.iter().collect();
         let slices = desired_slices(&svc, &refs);
-        let addrs: Vec<&String> = slices.iter().flat_map(|s| &s.endpoints).map(|e| &e.addresses[0]).collect();
+        let addrs: Vec<&String> = slices
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .map(|e| &e.addresses[0])
+            .collect();
         assert_eq!(addrs, vec!["10.244.0.12"]);
     }
 

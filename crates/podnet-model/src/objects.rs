@@ -108,7 +108,9 @@ impl fmt::Display for Kind {
 }
 
 /// Which object: kind, namespace (for namespaced kinds) and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectRef {
     pub kind: Kind,
     pub namespace: Option<String>,
@@ -214,7 +216,11 @@ impl Object {
 
     /// Reads an object from Kubernetes JSON; the error names the field.
     pub fn from_json(v: Value) -> Result<Object, String> {
-        let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         fn typed<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, String> {
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
@@ -257,16 +263,30 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, DocumentError> {
     let mut seen = HashSet::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
-        let err = |what: Option<String>, msg: String| DocumentError { document, what, msg };
+        let err = |what: Option<String>, msg: String| DocumentError {
+            document,
+            what,
+            msg,
+        };
         let value = Value::deserialize(doc).map_err(|e| err(None, format!("invalid YAML: {e}")))?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
         if !value.is_object() {
-            return Err(err(None, "a document must be a Kubernetes object (a mapping with apiVersion and kind)".into()));
+            return Err(err(
+                None,
+                "a document must be a Kubernetes object (a mapping with apiVersion and kind)"
+                    .into(),
+            ));
         }
-        let kind_s = value.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind_s = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let api = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -284,22 +304,38 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, DocumentError> {
         };
         let what = Some(format!("{kind} {name}"));
         if kind == Kind::Node {
-            return Err(err(what, "nodes are made by `podnet lab up`, not applied".into()));
+            return Err(err(
+                what,
+                "nodes are made by `podnet lab up`, not applied".into(),
+            ));
         }
         if api != kind.api_version() {
             return Err(err(
                 what,
-                format!("apiVersion {api:?} is not served for {kind}; use {:?}", kind.api_version()),
+                format!(
+                    "apiVersion {api:?} is not served for {kind}; use {:?}",
+                    kind.api_version()
+                ),
             ));
         }
         let mut obj = Object::from_json(value).map_err(|m| err(what.clone(), m))?;
-        if kind.namespaced() && obj.meta().namespace.as_deref().unwrap_or_default().is_empty() {
+        if kind.namespaced()
+            && obj
+                .meta()
+                .namespace
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+        {
             obj.meta_mut().namespace = Some(DEFAULT_NAMESPACE.to_string());
         }
         let what = Some(obj.reference().to_string());
         validate(&obj).map_err(|m| err(what.clone(), m))?;
         if !seen.insert(obj.reference()) {
-            return Err(err(what, "the same object appears twice in this input".into()));
+            return Err(err(
+                what,
+                "the same object appears twice in this input".into(),
+            ));
         }
         out.push(obj);
     }
@@ -317,7 +353,11 @@ pub fn validate(obj: &Object) -> Result<(), String> {
     if (label_like && !is_dns_label(name)) || (!label_like && !is_dns_subdomain(name)) {
         return Err(format!(
             "metadata.name {name:?} is invalid: use lower-case letters, digits and '-'{}",
-            if label_like { ", at most 63 characters" } else { "" }
+            if label_like {
+                ", at most 63 characters"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(ns) = &meta.namespace {
@@ -356,10 +396,16 @@ fn validate_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
         let has_values = e.values.as_ref().is_some_and(|v| !v.is_empty());
         match e.operator.as_str() {
             "In" | "NotIn" if !has_values => {
-                return Err(format!("{f}.values: must be non-empty for operator {}", e.operator))
+                return Err(format!(
+                    "{f}.values: must be non-empty for operator {}",
+                    e.operator
+                ))
             }
             "Exists" | "DoesNotExist" if has_values => {
-                return Err(format!("{f}.values: must be empty for operator {}", e.operator))
+                return Err(format!(
+                    "{f}.values: must be empty for operator {}",
+                    e.operator
+                ))
             }
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             op => {
@@ -375,7 +421,9 @@ fn validate_selector(sel: &LabelSelector, field: &str) -> Result<(), String> {
 fn validate_pod_spec(spec: Option<&PodSpec>, field: &str) -> Result<(), String> {
     let spec = spec.ok_or_else(|| format!("{field} is required"))?;
     if spec.containers.is_empty() {
-        return Err(format!("{field}.containers: at least one container is required"));
+        return Err(format!(
+            "{field}.containers: at least one container is required"
+        ));
     }
     let mut names = HashSet::new();
     for (i, c) in spec.containers.iter().enumerate() {
@@ -387,7 +435,9 @@ fn validate_pod_spec(spec: Option<&PodSpec>, field: &str) -> Result<(), String> 
     }
     if let Some(p) = &spec.restart_policy {
         if !matches!(p.as_str(), "Always" | "OnFailure" | "Never") {
-            return Err(format!("{field}.restartPolicy: {p:?} is not one of Always, OnFailure, Never"));
+            return Err(format!(
+                "{field}.restartPolicy: {p:?} is not one of Always, OnFailure, Never"
+            ));
         }
     }
     Ok(())
@@ -395,7 +445,10 @@ fn validate_pod_spec(spec: Option<&PodSpec>, field: &str) -> Result<(), String> 
 
 fn validate_container(c: &Container, f: &str) -> Result<(), String> {
     if !is_dns_label(&c.name) {
-        return Err(format!("{f}.name: {:?} is not a valid container name", c.name));
+        return Err(format!(
+            "{f}.name: {:?} is not a valid container name",
+            c.name
+        ));
     }
     if c.command.as_ref().is_none_or(|cmd| cmd.is_empty()) {
         return Err(format!(
@@ -405,7 +458,10 @@ fn validate_container(c: &Container, f: &str) -> Result<(), String> {
     let mut port_names = HashSet::new();
     for (j, p) in c.ports.iter().flatten().enumerate() {
         if !(1..=65535).contains(&p.container_port) {
-            return Err(format!("{f}.ports[{j}].containerPort: {} is not in 1-65535", p.container_port));
+            return Err(format!(
+                "{f}.ports[{j}].containerPort: {} is not in 1-65535",
+                p.container_port
+            ));
         }
         if let Some(n) = &p.name {
             if !port_names.insert(n.as_str()) {
@@ -421,10 +477,17 @@ fn validate_container(c: &Container, f: &str) -> Result<(), String> {
 }
 
 fn validate_probe(p: &Probe, f: &str) -> Result<(), String> {
-    let handlers = [p.tcp_socket.is_some(), p.http_get.is_some(), p.exec.is_some(), p.grpc.is_some()];
+    let handlers = [
+        p.tcp_socket.is_some(),
+        p.http_get.is_some(),
+        p.exec.is_some(),
+        p.grpc.is_some(),
+    ];
     match handlers.iter().filter(|h| **h).count() {
         0 => Err(format!("{f}: give one of tcpSocket, httpGet or exec")),
-        1 if p.grpc.is_some() => Err(format!("{f}.grpc: not supported in the lab; use tcpSocket, httpGet or exec")),
+        1 if p.grpc.is_some() => Err(format!(
+            "{f}.grpc: not supported in the lab; use tcpSocket, httpGet or exec"
+        )),
         1 => Ok(()),
         _ => Err(format!("{f}: give only one of tcpSocket, httpGet or exec")),
     }
@@ -443,12 +506,24 @@ fn validate_deployment(d: &Deployment) -> Result<(), String> {
         return Err("spec.replicas: must not be negative".into());
     }
     validate_selector(&spec.selector, "spec.selector")?;
-    if spec.selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && spec.selector.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+    if spec
+        .selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.is_empty())
+        && spec
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|m| m.is_empty())
     {
         return Err("spec.selector: must not be empty".into());
     }
-    let labels = spec.template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
     for (k, v) in labels.into_iter().flatten() {
         check_label_key(k).map_err(|m| format!("spec.template.metadata.labels: {m}"))?;
         check_label_value(k, v).map_err(|m| format!("spec.template.metadata.labels: {m}"))?;
@@ -474,7 +549,9 @@ fn validate_service(s: &Service) -> Result<(), String> {
     }
     if let Some(ip) = spec.cluster_ip.as_deref() {
         if !ip.is_empty() && ip != "None" && ip.parse::<Ipv4Addr>().is_err() {
-            return Err(format!("spec.clusterIP: {ip:?} is not an IPv4 address or \"None\""));
+            return Err(format!(
+                "spec.clusterIP: {ip:?} is not an IPv4 address or \"None\""
+            ));
         }
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
@@ -491,13 +568,18 @@ fn validate_service(s: &Service) -> Result<(), String> {
         check_protocol(p.protocol.as_deref(), &format!("{f}.protocol"))?;
         let name = p.name.as_deref().unwrap_or_default();
         if ports.len() > 1 && name.is_empty() {
-            return Err(format!("{f}.name: required when a Service has more than one port"));
+            return Err(format!(
+                "{f}.name: required when a Service has more than one port"
+            ));
         }
         if !names.insert(name) {
             return Err(format!("{f}.name: {name:?} is used twice"));
         }
         if !keys.insert((p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into()))) {
-            return Err(format!("{f}: port {} is listed twice for the same protocol", p.port));
+            return Err(format!(
+                "{f}: port {} is listed twice for the same protocol",
+                p.port
+            ));
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) if !(1..=65535).contains(t) => {
@@ -513,13 +595,21 @@ fn validate_service(s: &Service) -> Result<(), String> {
                 return Err(format!("{f}.nodePort: only for type NodePort"));
             }
             if !(30000..=32767).contains(&np) {
-                return Err(format!("{f}.nodePort: {np} is not in the node port range 30000-32767"));
+                return Err(format!(
+                    "{f}.nodePort: {np} is not in the node port range 30000-32767"
+                ));
             }
         }
     }
     for (field, policy) in [
-        ("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref()),
-        ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref()),
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
     ] {
         if let Some(p) = policy {
             if !matches!(p, "Cluster" | "Local") {
@@ -529,7 +619,9 @@ fn validate_service(s: &Service) -> Result<(), String> {
     }
     if let Some(a) = spec.session_affinity.as_deref() {
         if !matches!(a, "None" | "ClientIP") {
-            return Err(format!("spec.sessionAffinity: {a:?} is not one of None, ClientIP"));
+            return Err(format!(
+                "spec.sessionAffinity: {a:?} is not one of None, ClientIP"
+            ));
         }
     }
     Ok(())
@@ -537,19 +629,28 @@ fn validate_service(s: &Service) -> Result<(), String> {
 
 fn validate_endpoint_slice(e: &EndpointSlice) -> Result<(), String> {
     if e.address_type != "IPv4" {
-        return Err(format!("addressType: {:?} is not supported in the lab; use IPv4", e.address_type));
+        return Err(format!(
+            "addressType: {:?} is not supported in the lab; use IPv4",
+            e.address_type
+        ));
     }
     let labels: Option<&BTreeMap<String, String>> = e.metadata.labels.as_ref();
     if labels.and_then(|l| l.get(SERVICE_NAME_LABEL)).is_none() {
-        return Err(format!("metadata.labels: {SERVICE_NAME_LABEL} is required to bind the slice to its Service"));
+        return Err(format!(
+            "metadata.labels: {SERVICE_NAME_LABEL} is required to bind the slice to its Service"
+        ));
     }
     for (i, ep) in e.endpoints.iter().enumerate() {
         if ep.addresses.is_empty() {
-            return Err(format!("endpoints[{i}].addresses: at least one address is required"));
+            return Err(format!(
+                "endpoints[{i}].addresses: at least one address is required"
+            ));
         }
         for (j, a) in ep.addresses.iter().enumerate() {
             if a.parse::<Ipv4Addr>().is_err() {
-                return Err(format!("endpoints[{i}].addresses[{j}]: {a:?} is not an IPv4 address"));
+                return Err(format!(
+                    "endpoints[{i}].addresses[{j}]: {a:?} is not an IPv4 address"
+                ));
             }
         }
     }
@@ -607,7 +708,12 @@ spec:
         let refs: Vec<String> = objs.iter().map(|o| o.reference().to_string()).collect();
         assert_eq!(
             refs,
-            ["Namespace shop", "Deployment shop/web", "Service shop/web", "Pod default/client"]
+            [
+                "Namespace shop",
+                "Deployment shop/web",
+                "Service shop/web",
+                "Pod default/client"
+            ]
         );
     }
 
@@ -624,19 +730,36 @@ spec:
         let e = first_error(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 70000}]}\n",
         );
-        assert_eq!(e, "document 2 (Service default/s): spec.ports[0].port: 70000 is not in 1-65535");
-        let e = first_error("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: \"x\"}]}\n");
-        assert!(e.starts_with("document 1 (Service s): spec.ports[0].port: invalid type"), "{e}");
+        assert_eq!(
+            e,
+            "document 2 (Service default/s): spec.ports[0].port: 70000 is not in 1-65535"
+        );
+        let e = first_error(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: \"x\"}]}\n",
+        );
+        assert!(
+            e.starts_with("document 1 (Service s): spec.ports[0].port: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_kinds_bad_yaml_and_duplicates_are_refused() {
-        assert!(first_error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n").contains("unknown kind \"ConfigMap\""));
+        assert!(
+            first_error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
+                .contains("unknown kind \"ConfigMap\"")
+        );
         assert!(first_error("a: [1, 2\n").starts_with("document 1: invalid YAML"));
         assert!(first_error("- 1\n- 2\n").contains("must be a Kubernetes object"));
         let dup = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
-        assert_eq!(first_error(dup), "document 2 (Namespace a): the same object appears twice in this input");
-        assert!(first_error("apiVersion: apps/v1\nkind: Pod\nmetadata: {name: a}\n").contains("apiVersion \"apps/v1\" is not served for Pod"));
+        assert_eq!(
+            first_error(dup),
+            "document 2 (Namespace a): the same object appears twice in this input"
+        );
+        assert!(
+            first_error("apiVersion: apps/v1\nkind: Pod\nmetadata: {name: a}\n")
+                .contains("apiVersion \"apps/v1\" is not served for Pod")
+        );
     }
 
     #[test]
@@ -650,12 +773,21 @@ spec:
         let e = first_error(
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {matchExpressions: [{key: app, operator: In}]}}\n",
         );
-        assert!(e.contains("spec.podSelector.matchExpressions[0].values: must be non-empty"), "{e}");
+        assert!(
+            e.contains("spec.podSelector.matchExpressions[0].values: must be non-empty"),
+            "{e}"
+        );
     }
 
     #[test]
     fn kinds_parse_from_what_users_type() {
-        for (s, k) in [("po", Kind::Pod), ("svc", Kind::Service), ("deploy", Kind::Deployment), ("endpointslices", Kind::EndpointSlice), ("Node", Kind::Node)] {
+        for (s, k) in [
+            ("po", Kind::Pod),
+            ("svc", Kind::Service),
+            ("deploy", Kind::Deployment),
+            ("endpointslices", Kind::EndpointSlice),
+            ("Node", Kind::Node),
+        ] {
             assert_eq!(Kind::parse(s), Some(k), "{s}");
         }
         assert_eq!(Kind::parse("configmap"), None);

@@ -16,7 +16,9 @@ pub fn place(node_name: Option<&str>, ready_nodes: &BTreeMap<String, usize>) -> 
         return if ready_nodes.contains_key(n) {
             Placement::Node(n.to_string())
         } else {
-            Placement::Unschedulable(format!("spec.nodeName {n:?} is not a ready node of this lab"))
+            Placement::Unschedulable(format!(
+                "spec.nodeName {n:?} is not a ready node of this lab"
+            ))
         };
     }
     ready_nodes
@@ -44,7 +46,12 @@ mod tests {
     fn node_name_is_honoured_or_explained() {
         let n = nodes(&[("node-1", 5), ("node-2", 0)]);
         assert_eq!(place(Some("node-1"), &n), Placement::Node("node-1".into()));
-        assert!(matches!(place(Some("node-9"), &n), Placement::Unschedulable(m) if m.contains("node-9")));
-        assert!(matches!(place(None, &BTreeMap::new()), Placement::Unschedulable(_)));
+        assert!(
+            matches!(place(Some("node-9"), &n), Placement::Unschedulable(m) if m.contains("node-9"))
+        );
+        assert!(matches!(
+            place(None, &BTreeMap::new()),
+            Placement::Unschedulable(_)
+        ));
     }
 }

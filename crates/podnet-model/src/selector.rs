@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Whether `labels` carry every key/value of a Service selector (`spec.selector`). An
 /// empty selector selects nothing for a Service (its endpoints are then managed by hand).
-pub fn service_selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn service_selects(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     !selector.is_empty() && map_matches(selector, labels)
 }
 
@@ -18,7 +21,10 @@ fn map_matches(want: &BTreeMap<String, String>, labels: Option<&BTreeMap<String,
 
 /// Whether `labels` match a `LabelSelector` (`matchLabels` and `matchExpressions`, all
 /// ANDed). An empty selector matches everything, as in Kubernetes.
-pub fn label_selector_matches(sel: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn label_selector_matches(
+    sel: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     if let Some(ml) = &sel.match_labels {
         if !map_matches(ml, labels) {
             return false;
@@ -49,7 +55,9 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 || !is_dns_subdomain(p) {
-            return Err(format!("label key {key:?}: the prefix must be a DNS subdomain"));
+            return Err(format!(
+                "label key {key:?}: the prefix must be a DNS subdomain"
+            ));
         }
     }
     if name.is_empty() || name.len() > 63 || !is_label_value(name) {
@@ -105,16 +113,25 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn service_selectors_are_equality_and() {
         let sel = labels(&[("app", "web"), ("tier", "fe")]);
-        assert!(service_selects(&sel, Some(&labels(&[("app", "web"), ("tier", "fe"), ("x", "y")]))));
+        assert!(service_selects(
+            &sel,
+            Some(&labels(&[("app", "web"), ("tier", "fe"), ("x", "y")]))
+        ));
         assert!(!service_selects(&sel, Some(&labels(&[("app", "web")]))));
         assert!(!service_selects(&sel, None));
-        assert!(!service_selects(&BTreeMap::new(), Some(&labels(&[("app", "web")]))));
+        assert!(!service_selects(
+            &BTreeMap::new(),
+            Some(&labels(&[("app", "web")]))
+        ));
     }
 
     #[test]
@@ -134,8 +151,14 @@ mod tests {
                 },
             ]),
         };
-        assert!(label_selector_matches(&sel, Some(&labels(&[("app", "web"), ("env", "prod")]))));
-        assert!(!label_selector_matches(&sel, Some(&labels(&[("app", "web"), ("env", "dev")]))));
+        assert!(label_selector_matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("env", "prod")]))
+        ));
+        assert!(!label_selector_matches(
+            &sel,
+            Some(&labels(&[("app", "web"), ("env", "dev")]))
+        ));
         assert!(!label_selector_matches(
             &sel,
             Some(&labels(&[("app", "web"), ("env", "prod"), ("canary", "1")]))

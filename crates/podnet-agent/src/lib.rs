@@ -1,0 +1,13 @@
+//! The podnet agent, one per node. It learns the cluster from a [`source::Source`] (the
+//! lab's supervisor now; the Kubernetes API later, behind the same seam), decides what the
+//! node needs with pure functions, and applies it.
+//!
+//! Today it writes the node's CNI configuration once the node has a pod CIDR: the node
+//! file `podnet-cni` reads its subnet and MTU from, then the conflist whose presence tells
+//! the kubelet the node's network is ready.
+
+pub mod cni_config;
+pub mod run;
+pub mod source;
+
+pub use run::{run, AgentConfig};

@@ -1,0 +1,122 @@
+//! The lab's supervisor as a source: list, then watch; on a broken or expired watch, list
+//! again. A reader thread turns the watch stream into messages, so bursts are batched.
+
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use podnet_lab::api::WatchEvent;
+use podnet_lab::{Client, Layout};
+use podnet_model::{Kind, Object};
+
+use super::{ClusterView, Source, SourceError};
+
+const KINDS: [Kind; 1] = [Kind::Node];
+/// After the first event of a burst, wait this long for more before acting.
+const BATCH: Duration = Duration::from_millis(10);
+
+pub struct LabSource {
+    client: Client,
+    view: ClusterView,
+    events: Option<Receiver<Result<WatchEvent, String>>>,
+}
+
+impl LabSource {
+    pub fn new(lab: &str) -> Result<LabSource, SourceError> {
+        let layout = Layout::new(lab).map_err(SourceError)?;
+        Ok(LabSource {
+            client: Client::new(&layout),
+            view: ClusterView::default(),
+            events: None,
+        })
+    }
+
+    fn relist(&mut self) -> Result<(), SourceError> {
+        let (rv, objects) = self
+            .client
+            .list(&KINDS)
+            .map_err(|e| SourceError(e.to_string()))?;
+        self.view = ClusterView::default();
+        for o in objects {
+            self.apply(o, false);
+        }
+        let mut watch = self
+            .client
+            .watch(&KINDS, rv)
+            .map_err(|e| SourceError(e.to_string()))?;
+        let (tx, rx) = channel();
+        std::thread::spawn(move || loop {
+            let ev = watch.next_event().map_err(|e| e.to_string());
+            let stop = ev.is_err() || matches!(ev, Ok(WatchEvent::Gone));
+            if tx.send(ev).is_err() || stop {
+                return;
+            }
+        });
+        self.events = Some(rx);
+        Ok(())
+    }
+
+    fn apply(&mut self, o: Object, deleted: bool) {
+        if let Object::Node(n) = o {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if deleted {
+                self.view.nodes.remove(&name);
+            } else {
+                self.view.nodes.insert(name, n);
+            }
+        }
+    }
+
+    /// Applies one watch message; `Ok(true)` if the view changed.
+    fn handle(&mut self, msg: Result<WatchEvent, String>) -> Result<bool, SourceError> {
+        let ev = msg.map_err(SourceError)?;
+        let (object, deleted) = match ev {
+            WatchEvent::Added { object } | WatchEvent::Modified { object } => (object, false),
+            WatchEvent::Deleted { object } => (object, true),
+            WatchEvent::Bookmark { .. } => return Ok(false),
+            WatchEvent::Gone => return Err(SourceError("watch expired (410 Gone)".into())),
+        };
+        let o = Object::from_json(object).map_err(SourceError)?;
+        self.apply(o, deleted);
+        Ok(true)
+    }
+}
+
+impl Source for LabSource {
+    fn changed(&mut self) -> Result<&ClusterView, SourceError> {
+        let Some(rx) = self.events.take() else {
+            // First call, or after a broken watch: a fresh list is a change.
+            self.relist()?;
+            return Ok(&self.view);
+        };
+        let first = rx.recv().map_err(|_| SourceError("the watch ended".into()));
+        let mut changed = match first {
+            Ok(msg) => self.handle(msg),
+            Err(e) => Err(e),
+        };
+        while let Ok(true) = changed {
+            match rx.recv_timeout(BATCH) {
+                Ok(msg) => {
+                    if let Err(e) = self.handle(msg) {
+                        changed = Err(e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    changed = Err(SourceError("the watch ended".into()));
+                }
+            }
+        }
+        match changed {
+            // A bookmark only: wait for the next message.
+            Ok(false) => {
+                self.events = Some(rx);
+                self.changed()
+            }
+            Ok(true) => {
+                self.events = Some(rx);
+                Ok(&self.view)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

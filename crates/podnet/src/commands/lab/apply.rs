@@ -1,0 +1,26 @@
+//! `podnet lab apply -f FILE|-`.
+
+use clap::Args;
+use podnet_lab::Layout;
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    /// A YAML file of Kubernetes objects, or - for stdin.
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+}
+
+pub fn run(layout: &Layout, a: ApplyArgs) -> anyhow::Result<u8> {
+    let yaml = super::read_input(&a.file)?;
+    let applied = super::client(layout).apply(&yaml)?;
+    for o in applied {
+        let result = serde_json::to_value(o.result)?;
+        println!(
+            "{}/{} {}",
+            o.reference.kind.name().to_ascii_lowercase(),
+            o.reference.name,
+            result.as_str().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,54 @@
+//! `podnet`: the lab, the node agent and the probe workload. This file only wires the
+//! command line to the libraries.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "podnet",
+    version,
+    about = "A Kubernetes pod network, and a lab to see it work"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A whole cluster made of network namespaces on this machine.
+    Lab(commands::lab::LabArgs),
+    /// The per-node agent.
+    Agent(commands::agent::AgentArgs),
+    /// The built-in workload: HTTP/TCP/UDP servers and clients.
+    #[command(subcommand)]
+    Probe(podnet_probe::ProbeCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lab(args) => commands::lab::run(args),
+        Command::Agent(args) => commands::agent::run(args).map(|()| 0),
+        Command::Probe(cmd) => podnet_probe::run(cmd).map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
