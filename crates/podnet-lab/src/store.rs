@@ -295,15 +295,16 @@ impl Store {
         if ty != "ExternalName" {
             let old_ip = old_spec.and_then(|s| s.cluster_ip.clone());
             let want = spec.cluster_ip.clone().filter(|s| !s.is_empty());
-            let ip =
-                match (want, old_ip) {
-                    (Some(w), Some(o)) if w != o => return Err(format!(
+            let ip = match (want, old_ip) {
+                (Some(w), Some(o)) if w != o => {
+                    return Err(format!(
                         "spec.clusterIP is immutable (it is {o}); delete the Service to change it"
-                    )),
-                    (Some(w), _) => w,
-                    (None, Some(o)) => o,
-                    (None, None) => self.free_cluster_ip(ips)?.to_string(),
-                };
+                    ))
+                }
+                (Some(w), _) => w,
+                (None, Some(o)) => o,
+                (None, None) => self.free_cluster_ip(ips)?.to_string(),
+            };
             if ip != "None" {
                 let addr: Ipv4Addr = ip
                     .parse()

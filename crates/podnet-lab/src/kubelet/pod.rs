@@ -364,11 +364,14 @@ impl PodRun {
     }
 
     fn env(&self, ip: IpAddr) -> Vec<(String, String)> {
+        // `podnet` in a container's command line is the lab's own binary.
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let path = match self.shared.exe.parent() {
+            Some(dir) => format!("{}:{path}", dir.display()),
+            None => path,
+        };
         let mut env = vec![
-            (
-                "PATH".to_string(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-            ),
+            ("PATH".to_string(), path),
             ("HOSTNAME".to_string(), self.r.name.clone()),
             ("POD_NAME".to_string(), self.r.name.clone()),
             (

@@ -1,0 +1,214 @@
+//! A lab per test, driven through the `podnet` command exactly as a user drives it, and
+//! removed (`podnet lab down`) when the test ends, passes or panics. Lab names carry the
+//! test process's pid, so a later run removes labs a killed run left behind.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PODNET: &str = env!("CARGO_BIN_EXE_podnet");
+
+/// The plugin binary must sit next to `podnet` (the lab finds it there).
+fn ensure_plugin_built() {
+    static BUILT: Once = Once::new();
+    BUILT.call_once(|| {
+        let plugin = Path::new(PODNET).with_file_name("podnet-cni");
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let profile_release =
+            Path::new(PODNET).parent().and_then(Path::file_name) == Some("release".as_ref());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "podnet-cni", "--bin", "podnet-cni"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo to build podnet-cni");
+        assert!(
+            status.success() && plugin.exists(),
+            "podnet-cni must be built next to podnet"
+        );
+    });
+}
+
+/// Removes labs of earlier test processes that no longer run.
+fn sweep_stale() {
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| {
+        let Ok(entries) = std::fs::read_dir("/run/podnet/labs") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("pt").and_then(|r| r.split('x').next()) else {
+                continue;
+            };
+            if pid
+                .parse::<u32>()
+                .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+            {
+                let _ = Command::new(PODNET)
+                    .args(["lab", "down", "--name", &name])
+                    .output();
+            }
+        }
+    });
+}
+
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    pub fn up(nodes: usize, extra: &[&str]) -> Lab {
+        podnet_testkit::require_root();
+        ensure_plugin_built();
+        sweep_stale();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pt{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab { name };
+        let nodes = nodes.to_string();
+        let mut args = vec!["up", "--nodes", nodes.as_str()];
+        args.extend_from_slice(extra);
+        let out = lab.podnet(&args);
+        assert!(
+            out.status.success(),
+            "lab up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    /// `podnet lab --name <lab> ARGS...`
+    pub fn podnet(&self, args: &[&str]) -> Output {
+        Command::new(PODNET)
+            .args(["lab", "--name", &self.name])
+            .args(args)
+            .output()
+            .expect("run podnet")
+    }
+
+    /// Runs a lab command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.podnet(args);
+        assert!(
+            out.status.success(),
+            "podnet lab {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        let file = std::env::temp_dir().join(format!("{}-{}.yaml", self.name, fastrand_suffix()));
+        std::fs::write(&file, yaml).expect("write yaml");
+        let out = self.ok(&["apply", "-f", file.to_str().expect("path")]);
+        let _ = std::fs::remove_file(file);
+        out
+    }
+
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["exec", target, "--"];
+        args.extend_from_slice(cmd);
+        self.podnet(&args)
+    }
+
+    /// `get KIND -o json` items.
+    pub fn items(&self, kind: &str) -> Vec<Value> {
+        let out = self.ok(&["get", kind, "-A", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).expect("get -o json is JSON");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn wait_ready(&self, target: &str, timeout: &str) {
+        self.ok(&["wait", "--for", "ready", target, "--timeout", timeout]);
+    }
+
+    pub fn pod(&self, name: &str) -> Value {
+        let out = self.ok(&["get", "pods", name, "-o", "json"]);
+        serde_json::from_str(&out).expect("json")
+    }
+
+    pub fn pod_ip(&self, name: &str) -> String {
+        self.pod(name)["status"]["podIP"]
+            .as_str()
+            .expect("pod has an IP")
+            .to_string()
+    }
+
+    /// IPs of ready pods whose `app` label is `app`.
+    pub fn ready_ips(&self, app: &str) -> BTreeSet<String> {
+        self.items("pods")
+            .iter()
+            .filter(|p| {
+                p["metadata"]["labels"]["app"] == app
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Ready endpoint addresses of a Service's slices.
+    pub fn slice_ips(&self, service: &str) -> BTreeSet<String> {
+        self.items("endpointslices")
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == service)
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] != false)
+            .filter_map(|e| e["addresses"][0].as_str().map(str::to_string))
+            .collect()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from("/run/podnet/labs").join(&self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(PODNET)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
