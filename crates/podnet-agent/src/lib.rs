@@ -2,11 +2,15 @@
 //! lab's supervisor now; the Kubernetes API later, behind the same seam), decides what the
 //! node needs with pure functions, and applies it.
 //!
-//! Today it writes the node's CNI configuration once the node has a pod CIDR: the node
-//! file `podnet-cni` reads its subnet and MTU from, then the conflist whose presence tells
-//! the kubelet the node's network is ready.
+//! It routes to every other node's pod CIDR (host-gw or VXLAN, see [`plan`]), masquerades
+//! traffic leaving the cluster ([`masquerade`]), repairs drift, and writes the node's CNI
+//! configuration: the node file `podnet-cni` reads its subnet and MTU from, then the
+//! conflist whose presence tells the kubelet the node's network is ready.
 
 pub mod cni_config;
+pub mod dataplane;
+pub mod masquerade;
+pub mod plan;
 pub mod run;
 pub mod source;
 

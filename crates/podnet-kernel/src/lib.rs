@@ -3,10 +3,12 @@
 //!
 //! - [`netns`]: open, enter, create and delete network namespaces;
 //! - [`netlink`]: a small synchronous rtnetlink client bound to one namespace;
+//! - [`nft`]: nftables transactions;
 //! - [`sysctl`]: per-namespace sysctls.
 
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod sysctl;
 
 pub use netlink::{Link, Netlink, NetlinkError, Route, VethSpec};

@@ -32,6 +32,13 @@ pub enum Request {
         #[serde(rename = "resourceVersion")]
         resource_version: u64,
     },
+    /// Sets one annotation of an object (agents publish what peers need this way).
+    Annotate {
+        #[serde(rename = "ref")]
+        reference: ObjectRef,
+        key: String,
+        value: String,
+    },
     /// Stop everything the lab runs, remove its namespaces and exit.
     Shutdown,
 }

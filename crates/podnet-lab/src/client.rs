@@ -155,6 +155,20 @@ impl Client {
         })
     }
 
+    pub fn annotate(
+        &self,
+        reference: ObjectRef,
+        key: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        self.call::<Value>(&Request::Annotate {
+            reference,
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+        .map(drop)
+    }
+
     pub fn shutdown(&self) -> Result<(), ClientError> {
         self.call::<Value>(&Request::Shutdown).map(drop)
     }

@@ -156,6 +156,7 @@ fn connect(
         protocol: PROTO_BOOT,
         onlink: false,
         link_scope: false,
+        prefsrc: None,
     })
     .map_err(nl_err(format!("default route behind {port}")))?;
     Ok(())

@@ -94,6 +94,25 @@ fn handle(stream: UnixStream, shared: &Shared) -> io::Result<()> {
             kinds.into_iter().collect(),
             resource_version,
         ),
+        Request::Annotate {
+            reference,
+            key,
+            value,
+        } => {
+            let result = shared.with_store(|s| {
+                let mut obj = s
+                    .get(&reference)
+                    .cloned()
+                    .ok_or_else(|| format!("{reference} not found"))?;
+                obj.meta_mut()
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(key, value);
+                s.put(obj);
+                Ok::<_, String>(json!("annotated"))
+            });
+            reply(&stream, result)
+        }
         Request::Shutdown => {
             shared.request_shutdown();
             reply(&stream, Ok(json!("shutting down")))

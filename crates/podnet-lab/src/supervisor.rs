@@ -329,7 +329,14 @@ impl Agents {
             .append(true)
             .open(layout.node_dir(node).join("agent.log"))?;
         let mut cmd = Command::new(&shared.exe);
+        let cluster_cidr = shared.config.pod_cidr.to_string();
         cmd.args(["agent", "--lab", &layout.name, "--node", node])
+            .args([
+                "--backend",
+                &shared.config.backend,
+                "--cluster-cidr",
+                &cluster_cidr,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -82,41 +82,48 @@ impl LabSource {
 }
 
 impl Source for LabSource {
-    fn changed(&mut self) -> Result<&ClusterView, SourceError> {
+    fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError> {
         let Some(rx) = self.events.take() else {
             // First call, or after a broken watch: a fresh list is a change.
             self.relist()?;
-            return Ok(&self.view);
+            return Ok(true);
         };
-        let first = rx.recv().map_err(|_| SourceError("the watch ended".into()));
-        let mut changed = match first {
-            Ok(msg) => self.handle(msg),
-            Err(e) => Err(e),
-        };
-        while let Ok(true) = changed {
-            match rx.recv_timeout(BATCH) {
+        let mut changed = false;
+        let mut wait = timeout;
+        loop {
+            match rx.recv_timeout(wait) {
                 Ok(msg) => {
-                    if let Err(e) = self.handle(msg) {
-                        changed = Err(e);
+                    changed |= self.handle(msg)?;
+                    // After the first event of a burst, only a short wait for the rest.
+                    if changed {
+                        wait = BATCH;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
-                    changed = Err(SourceError("the watch ended".into()));
+                    return Err(SourceError("the watch ended".into()))
                 }
             }
         }
-        match changed {
-            // A bookmark only: wait for the next message.
-            Ok(false) => {
-                self.events = Some(rx);
-                self.changed()
-            }
-            Ok(true) => {
-                self.events = Some(rx);
-                Ok(&self.view)
-            }
-            Err(e) => Err(e),
-        }
+        self.events = Some(rx);
+        Ok(changed)
+    }
+
+    fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError> {
+        self.client
+            .annotate(
+                podnet_model::ObjectRef {
+                    kind: Kind::Node,
+                    namespace: None,
+                    name: node.to_string(),
+                },
+                key,
+                value,
+            )
+            .map_err(|e| SourceError(e.to_string()))
     }
 }

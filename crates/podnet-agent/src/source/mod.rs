@@ -5,6 +5,7 @@
 pub mod lab;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use podnet_model::k8s_openapi::api::core::v1::Node;
 
@@ -19,8 +20,13 @@ pub struct ClusterView {
 pub struct SourceError(pub String);
 
 pub trait Source {
-    /// Blocks until the view has changed since the last call (the first call returns as
-    /// soon as the initial list is in), then returns it. Changes that arrive together
-    /// are returned together.
-    fn changed(&mut self) -> Result<&ClusterView, SourceError>;
+    /// Waits up to `timeout` for the view to change; `true` if it did (the first call
+    /// returns as soon as the initial list is in). Changes arriving together are
+    /// returned together.
+    fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError>;
+
+    fn view(&self) -> &ClusterView;
+
+    /// Publishes something peers need on this node's object (an annotation).
+    fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError>;
 }

@@ -129,6 +129,7 @@ fn setup(
         protocol: PROTO_BOOT,
         onlink: false,
         link_scope: false,
+        prefsrc: None,
     })
     .map_err(|e| {
         kernel_error(

@@ -60,8 +60,18 @@ impl Netlink {
 
     /// The addresses on link `index`.
     pub fn addresses(&mut self, index: u32) -> Result<Vec<IpNet>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Every address of the namespace, with the index of its link.
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpNet)>> {
         let answers = self.request(
-            || format!("list addresses of link {index}"),
+            || "list addresses".to_string(),
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             NLM_F_DUMP,
         )?;
@@ -70,9 +80,6 @@ impl Netlink {
             let RouteNetlinkMessage::NewAddress(a) = answer else {
                 continue;
             };
-            if a.header.index != index {
-                continue;
-            }
             let local = a.attributes.iter().find_map(|attr| match attr {
                 AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
@@ -85,7 +92,7 @@ impl Netlink {
             });
             if let Some(ip) = addr {
                 if let Ok(net) = IpNet::new(ip, a.header.prefix_len) {
-                    out.push(net);
+                    out.push((a.header.index, net));
                 }
             }
         }

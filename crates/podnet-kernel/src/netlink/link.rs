@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -23,6 +23,30 @@ pub struct Link {
     pub up: bool,
     /// Index of the bridge (or bond, VRF) this link is enslaved to.
     pub master: Option<u32>,
+    /// For VXLAN devices, their tunnel settings.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// The settings of a VXLAN device that podnet cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    pub learning: bool,
+}
+
+/// A VXLAN device to create: point-to-point to VTEPs given by FDB entries, no multicast
+/// group and no learning (peers are programmed, never learnt).
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    /// The underlay device the tunnel leaves through.
+    pub underlay: u32,
+    pub mtu: u32,
+    pub mac: [u8; 6],
 }
 
 impl Link {
@@ -35,6 +59,7 @@ impl Link {
             mac: None,
             up: msg.header.flags.contains(LinkFlags::Up),
             master: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -44,8 +69,27 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(k) = info {
-                            link.kind = Some(k.to_string());
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Vxlan(opts)) => {
+                                let mut v = Vxlan {
+                                    vni: 0,
+                                    port: 0,
+                                    local: None,
+                                    learning: true,
+                                };
+                                for o in opts {
+                                    match o {
+                                        InfoVxlan::Id(id) => v.vni = *id,
+                                        InfoVxlan::Port(p) => v.port = *p,
+                                        InfoVxlan::Local(l) => v.local = Some(*l),
+                                        InfoVxlan::Learning(l) => v.learning = *l,
+                                        _ => {}
+                                    }
+                                }
+                                link.vxlan = Some(v);
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -141,6 +185,45 @@ impl Netlink {
             || format!("create bridge {name}"),
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Creates a VXLAN device (down). Fails with EEXIST if the name is taken.
+    pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        msg.attributes
+            .push(LinkAttribute::Address(spec.mac.to_vec()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(spec.vni),
+                InfoVxlan::Local(spec.local),
+                InfoVxlan::Link(spec.underlay),
+                InfoVxlan::Port(spec.port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(
+            || format!("create VXLAN device {}", spec.name),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(
+            || format!("set the MTU of link {index} to {mtu}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
         )
         .map(drop)
     }

@@ -8,6 +8,7 @@
 
 mod address;
 mod link;
+mod neighbour;
 mod route;
 
 use std::io;
@@ -21,7 +22,8 @@ use nix::errno::Errno;
 
 use crate::NetNs;
 
-pub use link::{format_mac, mac_for_ipv4, Link, VethSpec};
+pub use link::{format_mac, mac_for_ipv4, Link, VethSpec, Vxlan, VxlanSpec};
+pub use neighbour::{Fdb, Neighbour};
 pub use route::{Route, PROTO_BOOT};
 
 /// What failed talking to the kernel, on which object.

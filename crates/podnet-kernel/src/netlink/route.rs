@@ -13,7 +13,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use super::{Netlink, Result};
 
 /// A unicast route in the main table.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     pub destination: IpNet,
     pub gateway: Option<IpAddr>,
@@ -26,6 +26,8 @@ pub struct Route {
     pub onlink: bool,
     /// Link scope for directly connected routes, universe for routes via a gateway.
     pub link_scope: bool,
+    /// The source address for traffic the node itself sends along this route.
+    pub prefsrc: Option<IpAddr>,
 }
 
 /// RTPROT_BOOT: what `ip route add` uses unless told otherwise.
@@ -63,6 +65,10 @@ impl Route {
         if let Some(oif) = self.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
         }
+        if let Some(src) = self.prefsrc {
+            msg.attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+        }
         msg
     }
 
@@ -78,12 +84,14 @@ impl Route {
             protocol: u8::from(msg.header.protocol),
             onlink: msg.header.flags.contains(RouteFlags::Onlink),
             link_scope: msg.header.scope == RouteScope::Link,
+            prefsrc: None,
         };
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Destination(a) => dst = ip_of(a),
                 RouteAttribute::Gateway(a) => route.gateway = ip_of(a),
                 RouteAttribute::Oif(i) => route.oif = Some(*i),
+                RouteAttribute::PrefSource(a) => route.prefsrc = ip_of(a),
                 _ => {}
             }
         }

@@ -1,0 +1,343 @@
+//! Applies a [`Desired`] to the node: diffs it against what the kernel holds and changes
+//! only the difference, through netlink (and nftables for masquerade). It only ever lists,
+//! changes and deletes what podnet owns: routes with podnet's protocol number, the VXLAN
+//! device, entries on that device, and the `inet podnet` table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net};
+use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
+use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
+
+use crate::masquerade;
+use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
+
+/// The route protocol number podnet marks its routes with (RTPROT_*; unassigned).
+pub const ROUTE_PROTO: u8 = 112;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{0}")]
+    Netlink(#[from] NetlinkError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Underlay(String),
+}
+
+pub struct Dataplane {
+    nl: Netlink,
+    /// What was last committed to nftables: (structure, node addresses).
+    nft_committed: Option<(String, BTreeSet<String>)>,
+}
+
+impl Dataplane {
+    pub fn new() -> Result<Dataplane, DataplaneError> {
+        Ok(Dataplane {
+            nl: Netlink::open()?,
+            nft_committed: None,
+        })
+    }
+
+    /// Forwarding and the sysctls the datapath needs, in this node's namespace.
+    pub fn sysctls(&self) -> Result<(), DataplaneError> {
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            // Replies to the node's own pod traffic come back over the underlay while the
+            // route to their source is through the tunnel: loose reverse-path checking.
+            ("net.ipv4.conf.all.rp_filter", "2"),
+        ] {
+            sysctl::set(k, v).map_err(|source| DataplaneError::Io {
+                what: format!("set {k}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The underlay: the device holding `node_ip`, its MTU and the networks it is on.
+    pub fn underlay(&mut self, node_ip: Ipv4Addr) -> Result<Underlay, DataplaneError> {
+        let addrs = self.nl.all_addresses()?;
+        let index = addrs
+            .iter()
+            .find(|(_, a)| a.addr() == IpAddr::V4(node_ip))
+            .map(|(i, _)| *i)
+            .ok_or_else(|| {
+                DataplaneError::Underlay(format!(
+                    "no device of this node holds its address {node_ip}"
+                ))
+            })?;
+        let link = self
+            .nl
+            .links()?
+            .into_iter()
+            .find(|l| l.index == index)
+            .ok_or_else(|| DataplaneError::Underlay(format!("the device of {node_ip} vanished")))?;
+        let networks = addrs
+            .iter()
+            .filter(|(i, _)| *i == index)
+            .filter_map(|(_, a)| match a {
+                IpNet::V4(v4) => Some(v4.trunc()),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        Ok(Underlay {
+            device: link.name,
+            mtu: link.mtu,
+            networks,
+        })
+    }
+
+    /// Brings routes, the VXLAN device, neighbours and FDB entries to `d`; returns what it
+    /// changed, for the log.
+    pub fn sync(
+        &mut self,
+        d: &Desired,
+        underlay: &Underlay,
+    ) -> Result<Vec<String>, DataplaneError> {
+        let mut changes = Vec::new();
+        let vx_index = self.sync_vxlan(d, underlay, &mut changes)?;
+        let mut index: BTreeMap<String, u32> = BTreeMap::new();
+        for l in self.nl.links()? {
+            index.insert(l.name, l.index);
+        }
+        let want_routes: BTreeMap<Ipv4Net, Route> = d
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.dst, kernel_route(r, *index.get(&r.dev)?))))
+            .collect();
+        let have_routes: BTreeMap<Ipv4Net, Route> = self
+            .nl
+            .routes()?
+            .into_iter()
+            .filter(|r| r.protocol == ROUTE_PROTO)
+            .filter_map(|r| match r.destination {
+                IpNet::V4(v4) => Some((v4, r)),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        // Routes that go first, so nothing is sent along a route whose next hop is gone.
+        for (dst, r) in &have_routes {
+            if !want_routes.contains_key(dst) {
+                self.nl.delete_route(r)?;
+                changes.push(format!("deleted route {dst}"));
+            }
+        }
+        if let Some(vx) = vx_index {
+            let want_n: BTreeSet<Neighbour> = d
+                .neighbours
+                .iter()
+                .map(|(ip, mac)| Neighbour {
+                    index: vx,
+                    ip: *ip,
+                    mac: *mac,
+                })
+                .collect();
+            let have_n: BTreeSet<Neighbour> = self.nl.neighbours(vx)?.into_iter().collect();
+            for n in want_n.difference(&have_n) {
+                self.nl.replace_neighbour(n)?;
+                changes.push(format!("neighbour {} at {}", n.ip, format_mac(&n.mac)));
+            }
+            let want_f: BTreeSet<Fdb> = d
+                .fdb
+                .iter()
+                .map(|(mac, dst)| Fdb {
+                    index: vx,
+                    mac: *mac,
+                    dst: *dst,
+                })
+                .collect();
+            let have_f: BTreeSet<Fdb> = self.nl.fdb(vx)?.into_iter().collect();
+            for f in want_f.difference(&have_f) {
+                self.nl.replace_fdb(f)?;
+                changes.push(format!("FDB {} via {}", format_mac(&f.mac), f.dst));
+            }
+            // Neighbours and FDB entries before routes: the kernel never has to resolve a
+            // next hop it cannot reach.
+            self.apply_routes(&want_routes, &have_routes, &mut changes)?;
+            for f in have_f.difference(&want_f) {
+                self.nl.delete_fdb(f)?;
+                changes.push(format!("deleted FDB {} via {}", format_mac(&f.mac), f.dst));
+            }
+            for n in have_n.difference(&want_n) {
+                self.nl.delete_neighbour(n)?;
+                changes.push(format!("deleted neighbour {}", n.ip));
+            }
+        } else {
+            self.apply_routes(&want_routes, &have_routes, &mut changes)?;
+        }
+        Ok(changes)
+    }
+
+    fn apply_routes(
+        &mut self,
+        want: &BTreeMap<Ipv4Net, Route>,
+        have: &BTreeMap<Ipv4Net, Route>,
+        changes: &mut Vec<String>,
+    ) -> Result<(), DataplaneError> {
+        for (dst, r) in want {
+            if have.get(dst) != Some(r) {
+                self.nl.replace_route(r)?;
+                let via = r.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                changes.push(format!("route {dst}{via}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_vxlan(
+        &mut self,
+        d: &Desired,
+        underlay: &Underlay,
+        changes: &mut Vec<String>,
+    ) -> Result<Option<u32>, DataplaneError> {
+        let existing = self.nl.link_by_name(VXLAN_DEVICE)?;
+        let Some(want) = &d.vxlan else {
+            if existing.is_some() {
+                self.nl.delete_link_by_name(VXLAN_DEVICE)?;
+                changes.push(format!("deleted {VXLAN_DEVICE}"));
+            }
+            return Ok(None);
+        };
+        let matches = existing.as_ref().is_some_and(|l| {
+            l.vxlan.as_ref().is_some_and(|v| {
+                v.vni == want.vni
+                    && v.port == want.port
+                    && v.local == Some(want.local)
+                    && !v.learning
+            }) && l.mac == Some(want.mac)
+        });
+        if !matches {
+            if existing.is_some() {
+                self.nl.delete_link_by_name(VXLAN_DEVICE)?;
+            }
+            let underlay_index = self
+                .nl
+                .link_by_name(&underlay.device)?
+                .map(|l| l.index)
+                .ok_or_else(|| {
+                    DataplaneError::Underlay(format!("underlay device {} is gone", underlay.device))
+                })?;
+            self.nl.create_vxlan(&VxlanSpec {
+                name: VXLAN_DEVICE,
+                vni: want.vni,
+                port: want.port,
+                local: want.local,
+                underlay: underlay_index,
+                mtu: want.mtu,
+                mac: want.mac,
+            })?;
+            changes.push(format!(
+                "created {VXLAN_DEVICE} (VNI {}, port {})",
+                want.vni, want.port
+            ));
+        }
+        let link = self
+            .nl
+            .link_by_name(VXLAN_DEVICE)?
+            .ok_or_else(|| DataplaneError::Underlay(format!("{VXLAN_DEVICE} vanished")))?;
+        if link.mtu != want.mtu {
+            self.nl.set_mtu(link.index, want.mtu)?;
+            changes.push(format!("{VXLAN_DEVICE} MTU {}", want.mtu));
+        }
+        let addr = IpNet::V4(Ipv4Net::new(want.address, 32).unwrap_or_default());
+        if !self.nl.addresses(link.index)?.contains(&addr) {
+            self.nl.add_address(link.index, addr)?;
+            changes.push(format!("{VXLAN_DEVICE} address {addr}"));
+        }
+        if !link.up {
+            self.nl.set_up(link.index)?;
+        }
+        Ok(Some(link.index))
+    }
+
+    /// Brings podnet's nftables table to `structure` with `nodes` in its node set: the whole
+    /// table in one transaction when the structure changed (or at start, or after a failed
+    /// sync, or if the table vanished), otherwise only the set elements that changed.
+    pub fn sync_nft(
+        &mut self,
+        cluster_cidr: Ipv4Net,
+        nodes: &BTreeSet<String>,
+        check_table: bool,
+    ) -> Result<Vec<String>, DataplaneError> {
+        let structure = masquerade::structure(cluster_cidr);
+        if check_table && self.nft_committed.is_some() {
+            let exists = nft::table_exists("inet", masquerade::TABLE).map_err(|source| {
+                DataplaneError::Io {
+                    what: "list nftables tables".into(),
+                    source,
+                }
+            })?;
+            if !exists {
+                self.nft_committed = None;
+            }
+        }
+        let script = match &self.nft_committed {
+            Some((s, have)) if *s == structure => {
+                if have == nodes {
+                    return Ok(Vec::new());
+                }
+                let mut script = String::new();
+                let add: Vec<&String> = nodes.difference(have).collect();
+                let del: Vec<&String> = have.difference(nodes).collect();
+                if !add.is_empty() {
+                    script += &format!(
+                        "add element inet {} nodes {{ {} }}\n",
+                        masquerade::TABLE,
+                        join(&add)
+                    );
+                }
+                if !del.is_empty() {
+                    script += &format!(
+                        "delete element inet {} nodes {{ {} }}\n",
+                        masquerade::TABLE,
+                        join(&del)
+                    );
+                }
+                script
+            }
+            _ => {
+                let mut script = format!(
+                    "add table inet {t}\ndelete table inet {t}\n{structure}",
+                    t = masquerade::TABLE
+                );
+                if !nodes.is_empty() {
+                    let all: Vec<&String> = nodes.iter().collect();
+                    script += &format!(
+                        "add element inet {} nodes {{ {} }}\n",
+                        masquerade::TABLE,
+                        join(&all)
+                    );
+                }
+                script
+            }
+        };
+        self.nft_committed = None;
+        nft::apply(&script).map_err(|source| DataplaneError::Io {
+            what: "apply nftables".into(),
+            source,
+        })?;
+        self.nft_committed = Some((structure, nodes.clone()));
+        Ok(vec!["nftables masquerade".into()])
+    }
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn kernel_route(r: &PeerRoute, oif: u32) -> Route {
+    Route {
+        destination: IpNet::V4(r.dst),
+        gateway: Some(IpAddr::V4(r.via)),
+        oif: Some(oif),
+        protocol: ROUTE_PROTO,
+        onlink: r.onlink,
+        link_scope: false,
+        prefsrc: r.prefsrc.map(IpAddr::V4),
+    }
+}
