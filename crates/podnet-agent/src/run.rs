@@ -16,6 +16,8 @@ use crate::masquerade;
 use crate::plan::{self, Backend, NodeInfo, VTEP_MAC_ANNOTATION};
 use crate::source::Source;
 
+/// The annotation where the agent says which peers it cannot route to, and why.
+pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
 /// How often the node is checked for drift when nothing changes.
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often podnet's nftables table is checked for existence.
@@ -55,6 +57,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut last_nft_check = Instant::now();
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
     let mut warned_missing = false;
+    let mut published_routing = false;
     loop {
         let changed = match source.wait(RESYNC) {
             Ok(c) => {
@@ -106,10 +109,24 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
         };
         let desired = plan::plan(&me, &peers, config.backend, &underlay);
-        if desired.unreachable != unreachable {
+        if desired.unreachable != unreachable || !published_routing {
             for why in desired.unreachable.values() {
                 tracing::warn!("{why}");
             }
+            // Where a user looks: the node object (`lab get nodes -o wide`).
+            let summary = if desired.unreachable.is_empty() {
+                "ok".to_string()
+            } else {
+                desired
+                    .unreachable
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            published_routing = source
+                .annotate_node(&config.node, ROUTING_ANNOTATION, &summary)
+                .is_ok();
             unreachable = desired.unreachable.clone();
         }
         let check_nft = last_nft_check.elapsed() >= NFT_CHECK;

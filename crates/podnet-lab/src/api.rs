@@ -39,6 +39,10 @@ pub enum Request {
         key: String,
         value: String,
     },
+    /// Adds a node; answers with its name.
+    AddNode,
+    /// Drains a node (its pods are deleted) and removes it.
+    RemoveNode { node: String },
     /// Stop everything the lab runs, remove its namespaces and exit.
     Shutdown,
 }

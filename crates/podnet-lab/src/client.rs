@@ -169,6 +169,17 @@ impl Client {
         .map(drop)
     }
 
+    pub fn add_node(&self) -> Result<String, ClientError> {
+        self.call(&Request::AddNode)
+    }
+
+    pub fn remove_node(&self, node: &str) -> Result<(), ClientError> {
+        self.call::<Value>(&Request::RemoveNode {
+            node: node.to_string(),
+        })
+        .map(drop)
+    }
+
     pub fn shutdown(&self) -> Result<(), ClientError> {
         self.call::<Value>(&Request::Shutdown).map(drop)
     }

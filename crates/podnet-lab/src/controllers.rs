@@ -155,7 +155,12 @@ fn schedule(s: &mut Store) {
         .list(Kind::Node, None)
         .into_iter()
         .filter_map(|o| match o {
-            Object::Node(n) if node_is_ready(n) => n.metadata.name.clone(),
+            Object::Node(n)
+                if node_is_ready(n)
+                    && n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) =>
+            {
+                n.metadata.name.clone()
+            }
             _ => None,
         })
         .collect();

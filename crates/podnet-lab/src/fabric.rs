@@ -61,12 +61,9 @@ pub fn build_fabric(layout: &Layout) -> Result<NetNs, FabricError> {
     fnl.create_bridge(SWITCH, UNDERLAY_MTU, [0x0a, 0x58, 172, 18, 0, 1])
         .map_err(nl_err("create the switch"))?;
     let switch = link(&mut fnl, SWITCH)?;
-    let gw =
-        Ipv4Net::new(layout::node_gateway(), layout::NODE_PREFIX).map_err(|e| FabricError {
-            what: "node network".into(),
-            source: std::io::Error::other(e),
-        })?;
-    fnl.add_address(switch.index, IpNet::V4(gw))
+    let (subnet, gw) = layout::node_network(1, false);
+    let gw = IpNet::V4(Ipv4Net::new(gw, subnet.prefix_len()).unwrap_or_default());
+    fnl.add_address(switch.index, gw)
         .map_err(nl_err("address the switch"))?;
     // The fabric routes between the node network and the outside host.
     fabric
@@ -85,20 +82,31 @@ pub fn build_fabric(layout: &Layout) -> Result<NetNs, FabricError> {
     Ok(fabric)
 }
 
-/// Adds node `i`: its namespace, its `eth0` on the switch, its address and default route.
-pub fn add_node(layout: &Layout, fabric: &NetNs, i: usize) -> Result<NetNs, FabricError> {
+/// Adds node `i`: its namespace, its `eth0` (on the switch, or on a routed link of its
+/// own), its address and default route.
+pub fn add_node(
+    layout: &Layout,
+    fabric: &NetNs,
+    i: usize,
+    routed: bool,
+) -> Result<NetNs, FabricError> {
     let name = layout::node_name(i);
     let ns = create_namespace(&layout.node_netns(&name))?;
     let mut fnl = Netlink::open_in(fabric).map_err(nl_err("netlink in the fabric"))?;
-    let switch = link(&mut fnl, SWITCH)?;
+    let (subnet, gw) = layout::node_network(i, routed);
+    let master = if routed {
+        None
+    } else {
+        Some(link(&mut fnl, SWITCH)?.index)
+    };
     connect(
         &mut fnl,
         &name,
-        Some(switch.index),
+        master,
         &ns,
-        IpNet::default(),
-        net(layout::node_ip(i), layout::NODE_PREFIX),
-        layout::node_gateway(),
+        net(gw, subnet.prefix_len()),
+        net(layout::node_ip(i, routed), subnet.prefix_len()),
+        gw,
     )?;
     Ok(ns)
 }

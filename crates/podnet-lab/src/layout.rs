@@ -11,14 +11,14 @@ use serde::{Deserialize, Serialize};
 
 /// Root of all labs' state.
 pub const LABS_DIR: &str = "/run/podnet/labs";
-/// The nodes' network: a switch (bridge) in the fabric namespace, which also routes.
+/// The nodes' networks: a switch (bridge) in the fabric namespace, which also routes.
 pub const NODE_NET: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 0);
 pub const NODE_PREFIX: u8 = 24;
 /// The host outside the cluster, behind the fabric's router.
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const EXTERNAL_GW: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 pub const EXTERNAL_PREFIX: u8 = 24;
-/// The most nodes a lab may have (the node network is a /24; .1 is the router).
+/// The most nodes a lab may have (on the switch, node addresses run .11 to .210).
 pub const MAX_NODES: usize = 200;
 
 /// How a lab was asked to be built; kept in its state directory.
@@ -30,6 +30,23 @@ pub struct LabConfig {
     pub backend: String,
     pub pod_cidr: Ipv4Net,
     pub service_cidr: Ipv4Net,
+    /// `l2`: every node on one switch; `routed`: each node in a subnet of its own behind
+    /// the fabric's router.
+    #[serde(default = "default_underlay")]
+    pub underlay: String,
+    /// With vxlan: plain routes to peers on the same segment.
+    #[serde(default)]
+    pub direct_routing: bool,
+}
+
+fn default_underlay() -> String {
+    "l2".into()
+}
+
+impl LabConfig {
+    pub fn routed(&self) -> bool {
+        self.underlay == "routed"
+    }
 }
 
 /// Lab names: 1-20 characters of lower-case letters, digits and '-', starting with a letter.
@@ -126,15 +143,23 @@ pub fn node_name(i: usize) -> String {
     format!("node-{i}")
 }
 
-/// Node `i`'s address on the node network: 172.18.0.(10 + i).
-pub fn node_ip(i: usize) -> Ipv4Addr {
-    let base = u32::from(NODE_NET);
-    Ipv4Addr::from(base + 10 + i as u32)
+/// Node `i`'s address: 172.18.0.(10 + i) on the shared switch, or 172.18.i.11 in a
+/// subnet of its own when the underlay is routed.
+pub fn node_ip(i: usize, routed: bool) -> Ipv4Addr {
+    let o = NODE_NET.octets();
+    if routed {
+        Ipv4Addr::new(o[0], o[1], i as u8, 11)
+    } else {
+        Ipv4Addr::new(o[0], o[1], 0, 10 + i as u8)
+    }
 }
 
-/// The router on the node network, in the fabric namespace.
-pub fn node_gateway() -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(NODE_NET) + 1)
+/// Node `i`'s network and its router (in the fabric namespace).
+pub fn node_network(i: usize, routed: bool) -> (Ipv4Net, Ipv4Addr) {
+    let o = NODE_NET.octets();
+    let third = if routed { i as u8 } else { 0 };
+    let net = Ipv4Net::new(Ipv4Addr::new(o[0], o[1], third, 0), NODE_PREFIX).unwrap_or_default();
+    (net, Ipv4Addr::new(o[0], o[1], third, 1))
 }
 
 /// Parses `node-i` back to `i`.
@@ -171,8 +196,10 @@ mod tests {
 
     #[test]
     fn address_plan() {
-        assert_eq!(node_ip(1), Ipv4Addr::new(172, 18, 0, 11));
-        assert_eq!(node_gateway(), Ipv4Addr::new(172, 18, 0, 1));
+        assert_eq!(node_ip(1, false), Ipv4Addr::new(172, 18, 0, 11));
+        assert_eq!(node_ip(3, true), Ipv4Addr::new(172, 18, 3, 11));
+        assert_eq!(node_network(2, false).1, Ipv4Addr::new(172, 18, 0, 1));
+        assert_eq!(node_network(2, true).0.to_string(), "172.18.2.0/24");
         assert_eq!(node_index("node-3"), Some(3));
         assert_eq!(node_index("node-0"), None);
         assert_eq!(node_name(2), "node-2");

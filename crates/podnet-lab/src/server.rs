@@ -113,6 +113,11 @@ fn handle(stream: UnixStream, shared: &Shared) -> io::Result<()> {
             });
             reply(&stream, result)
         }
+        Request::AddNode => reply(&stream, Ok(shared.queue_add_node())),
+        Request::RemoveNode { node } => reply(
+            &stream,
+            shared.queue_remove_node(&node).map(|()| json!("removing")),
+        ),
         Request::Shutdown => {
             shared.request_shutdown();
             reply(&stream, Ok(json!("shutting down")))

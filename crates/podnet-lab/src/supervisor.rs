@@ -38,6 +38,15 @@ pub struct Shared {
     changed: Condvar,
     status: Mutex<LabStatus>,
     shutdown: AtomicBool,
+    node_ops: Mutex<NodeOps>,
+}
+
+/// Nodes to add and to remove, done by the supervisor's main loop.
+#[derive(Default)]
+struct NodeOps {
+    next_index: usize,
+    add: Vec<usize>,
+    remove: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +88,48 @@ impl Shared {
         st.phase = phase.to_string();
         st.message = message.into();
         st.done = done;
+    }
+
+    /// Queues a new node; returns the name it will have.
+    pub fn queue_add_node(&self) -> String {
+        let mut ops = lock(&self.node_ops);
+        let i = ops.next_index;
+        ops.next_index += 1;
+        ops.add.push(i);
+        self.changed.notify_all();
+        layout::node_name(i)
+    }
+
+    /// Cordons a node, deletes its pods and queues its removal.
+    pub fn queue_remove_node(&self, node: &str) -> Result<(), String> {
+        let r = ObjectRef {
+            kind: Kind::Node,
+            namespace: None,
+            name: node.to_string(),
+        };
+        self.with_store(|s| {
+            let Some(Object::Node(n)) = s.get(&r) else {
+                return Err(format!("node {node} not found"));
+            };
+            if s.list(Kind::Node, None).len() == 1 {
+                return Err(format!("node {node} is the lab's last node; use `podnet lab down` to remove the lab"));
+            }
+            let mut n = n.clone();
+            n.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+            s.put(Object::Node(n));
+            let on_node: Vec<ObjectRef> = s
+                .list(Kind::Pod, None)
+                .into_iter()
+                .filter(|o| matches!(o, Object::Pod(p) if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)))
+                .map(|o| o.reference())
+                .collect();
+            for p in on_node {
+                controllers::mark_deleting(s, &p);
+            }
+            Ok(())
+        })?;
+        lock(&self.node_ops).remove.push(node.to_string());
+        Ok(())
     }
 
     pub fn request_shutdown(&self) {
@@ -185,6 +236,10 @@ pub fn run(config: LabConfig, exe: PathBuf) -> Result<(), SupervisorError> {
             supervisor_pid: std::process::id(),
         }),
         shutdown: AtomicBool::new(false),
+        node_ops: Mutex::new(NodeOps {
+            next_index: config.nodes + 1,
+            ..NodeOps::default()
+        }),
     });
     {
         let shared = shared.clone();
@@ -208,6 +263,7 @@ pub fn run(config: LabConfig, exe: PathBuf) -> Result<(), SupervisorError> {
     while !shared.shutting_down() {
         controllers::reconcile(&shared, &mut kubelet);
         agents.keep_running(&shared);
+        node_ops(&shared, &mut agents);
         let st = shared.status();
         if st.phase == "building" {
             let ready = shared.with_store(|s| {
@@ -253,30 +309,97 @@ fn build(shared: &Arc<Shared>, agents: &mut Agents) -> Result<(), String> {
             layout::MAX_NODES
         ));
     }
-    // All node CIDRs first: a pod CIDR too small fails before anything is built.
+    // A pod CIDR too small for the nodes fails before anything is built.
     let mut cidrs = Vec::new();
     for i in 0..config.nodes {
         let next = cidr::next_free(config.pod_cidr, NODE_PREFIX, &cidrs, i + 1)
             .map_err(|e| e.to_string())?;
         cidrs.push(next);
     }
-    let fabric = fabric::build_fabric(layout).map_err(|e| e.to_string())?;
+    fabric::build_fabric(layout).map_err(|e| e.to_string())?;
     shared.set_status("building", "adding nodes", 1);
-    for (i, podcidr) in (1..=config.nodes).zip(cidrs) {
-        let name = layout::node_name(i);
-        fabric::add_node(layout, &fabric, i).map_err(|e| e.to_string())?;
-        fs::create_dir_all(layout.node_cni_dir(&name))
-            .map_err(|e| format!("create {name}'s directories: {e}"))?;
-        shared.with_store(|s| s.put(Object::Node(node_object(&name, i, podcidr))));
-        agents
-            .start(shared, &name)
-            .map_err(|e| format!("start the agent of {name}: {e}"))?;
-        shared.set_status("building", format!("added {name}"), 1 + i as u64);
+    for i in 1..=config.nodes {
+        add_node(shared, agents, i)?;
+        shared.set_status(
+            "building",
+            format!("added {}", layout::node_name(i)),
+            1 + i as u64,
+        );
     }
     Ok(())
 }
 
-fn node_object(name: &str, i: usize, podcidr: ipnet::Ipv4Net) -> Node {
+/// Adds queued nodes, and removes queued ones once their pods are gone.
+fn node_ops(shared: &Arc<Shared>, agents: &mut Agents) {
+    let (add, remove) = {
+        let mut ops = lock(&shared.node_ops);
+        (std::mem::take(&mut ops.add), ops.remove.clone())
+    };
+    for i in add {
+        if let Err(e) = add_node(shared, agents, i) {
+            tracing::error!("adding {}: {e}", layout::node_name(i));
+        }
+    }
+    for node in remove {
+        let busy = shared.with_store(|s| {
+            s.list(Kind::Pod, None)
+                .iter()
+                .any(|o| matches!(o, Object::Pod(p) if p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())))
+        });
+        if busy {
+            continue;
+        }
+        agents.stop(&node);
+        shared.with_store(|s| {
+            s.remove(&ObjectRef {
+                kind: Kind::Node,
+                namespace: None,
+                name: node.clone(),
+            })
+        });
+        let _ = podnet_kernel::netns::delete_named(&shared.layout.node_netns(&node));
+        let _ = fs::remove_dir_all(shared.layout.node_dir(&node));
+        lock(&shared.node_ops).remove.retain(|n| *n != node);
+        tracing::info!("removed {node}");
+    }
+}
+
+fn add_node(shared: &Arc<Shared>, agents: &mut Agents, i: usize) -> Result<(), String> {
+    let layout = &shared.layout;
+    let config = &shared.config;
+    let used: Vec<ipnet::Ipv4Net> = shared.with_store(|s| {
+        s.list(Kind::Node, None)
+            .iter()
+            .filter_map(|o| match o {
+                Object::Node(n) => n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok(),
+                _ => None,
+            })
+            .collect()
+    });
+    let podcidr = cidr::next_free(config.pod_cidr, NODE_PREFIX, &used, used.len() + 1)
+        .map_err(|e| e.to_string())?;
+    let fabric =
+        NetNs::open_named(&layout.fabric_netns()).map_err(|e| format!("open the fabric: {e}"))?;
+    let name = layout::node_name(i);
+    fabric::add_node(layout, &fabric, i, config.routed()).map_err(|e| e.to_string())?;
+    fs::create_dir_all(layout.node_cni_dir(&name))
+        .map_err(|e| format!("create {name}'s directories: {e}"))?;
+    shared.with_store(|s| {
+        s.put(Object::Node(node_object(
+            &name,
+            i,
+            config.routed(),
+            podcidr,
+        )))
+    });
+    agents
+        .start(shared, &name)
+        .map_err(|e| format!("start the agent of {name}: {e}"))?;
+    tracing::info!("added {name} ({podcidr})");
+    Ok(())
+}
+
+fn node_object(name: &str, i: usize, routed: bool, podcidr: ipnet::Ipv4Net) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -295,7 +418,7 @@ fn node_object(name: &str, i: usize, podcidr: ipnet::Ipv4Net) -> Node {
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
-                    address: layout::node_ip(i).to_string(),
+                    address: layout::node_ip(i, routed).to_string(),
                 },
                 NodeAddress {
                     type_: "Hostname".into(),
@@ -336,8 +459,11 @@ impl Agents {
                 &shared.config.backend,
                 "--cluster-cidr",
                 &cluster_cidr,
-            ])
-            .stdin(Stdio::null())
+            ]);
+        if shared.config.direct_routing {
+            cmd.arg("--direct-routing");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -384,6 +510,13 @@ impl Agents {
                 self.restart_at
                     .insert(node, Instant::now() + Duration::from_secs(2));
             }
+        }
+    }
+
+    fn stop(&mut self, node: &str) {
+        self.restart_at.remove(node);
+        if let Some((mut child, _)) = self.running.remove(node) {
+            crate::kubelet::process::stop(&mut child, Duration::from_secs(2));
         }
     }
 

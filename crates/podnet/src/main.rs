@@ -31,6 +31,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Behave like other command-line tools when stdout is a closed pipe (`| head`): end
+    // quietly instead of panicking on the failed write.
+    // SAFETY: setting a signal's disposition to its default has no preconditions.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -388,7 +388,22 @@ impl PodRun {
     }
 
     fn host_ip(&self) -> Option<String> {
-        crate::layout::node_index(&self.node).map(|i| crate::layout::node_ip(i).to_string())
+        let node = ObjectRef {
+            kind: podnet_model::Kind::Node,
+            namespace: None,
+            name: self.node.clone(),
+        };
+        self.shared.with_store(|s| match s.get(&node) {
+            Some(Object::Node(n)) => n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone()),
+            _ => None,
+        })
     }
 
     fn status(

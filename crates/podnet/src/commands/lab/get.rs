@@ -146,7 +146,18 @@ fn print_node_table(objs: &[Object], wide: bool) {
             age(n.metadata.creation_timestamp.as_ref()),
         ];
         if wide {
-            cells.push(ready.and_then(|c| c.message.clone()).unwrap_or_default());
+            let routing = n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("podnet.io/routing"))
+                .filter(|r| *r != "ok");
+            cells.push(
+                routing
+                    .cloned()
+                    .or_else(|| ready.and_then(|c| c.message.clone()))
+                    .unwrap_or_default(),
+            );
         }
         t.add_row(cells);
     }

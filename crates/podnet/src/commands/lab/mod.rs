@@ -7,6 +7,7 @@ mod exec;
 mod get;
 mod list;
 mod logs;
+mod node;
 mod supervise;
 mod up;
 mod wait;
@@ -41,6 +42,9 @@ enum Verb {
     Logs(logs::LogsArgs),
     /// Wait until an object is ready or deleted.
     Wait(wait::WaitArgs),
+    /// Add or remove nodes of a running lab.
+    #[command(subcommand)]
+    Node(node::NodeVerb),
     /// Remove everything the lab made, even after a crash.
     Down,
     /// Show the labs on this machine.
@@ -60,6 +64,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<u8> {
         Verb::Exec(a) => exec::run(&layout, a),
         Verb::Logs(a) => logs::run(&layout, a),
         Verb::Wait(a) => wait::run(&layout, a),
+        Verb::Node(v) => node::run(&layout, v),
         Verb::Down => down::run(&layout),
         Verb::List => list::run(),
         Verb::Supervise(a) => supervise::run(&layout, a),

@@ -27,6 +27,13 @@ pub struct UpArgs {
     /// The Services' CIDR.
     #[arg(long, default_value = "10.96.0.0/16")]
     service_cidr: Ipv4Net,
+    /// `l2`: all nodes on one switch; `routed`: each node in its own subnet behind a router
+    /// (host-gw cannot work there; VXLAN can).
+    #[arg(long, default_value = "l2", value_parser = ["l2", "routed"])]
+    underlay: String,
+    /// With vxlan: plain routes to peers on the same segment, the tunnel for the rest.
+    #[arg(long)]
+    direct_routing: bool,
     /// How long to wait for the lab to be ready.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -68,7 +75,11 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
     if pod_cidr.contains(&service_cidr.network()) || service_cidr.contains(&pod_cidr.network()) {
         bail!("--pod-cidr {pod_cidr} and --service-cidr {service_cidr} overlap");
     }
-    let node_net: Ipv4Net = Ipv4Net::new(layout::NODE_NET, layout::NODE_PREFIX)?;
+    let node_net: Ipv4Net = if a.underlay == "routed" {
+        Ipv4Net::new(layout::NODE_NET, 16)?
+    } else {
+        Ipv4Net::new(layout::NODE_NET, layout::NODE_PREFIX)?
+    };
     for (flag, c) in [("--pod-cidr", pod_cidr), ("--service-cidr", service_cidr)] {
         if c.contains(&node_net.network()) || node_net.contains(&c.network()) {
             bail!("{flag} {c} overlaps the lab's node network {node_net}");
@@ -87,6 +98,8 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
         backend: a.backend.clone(),
         pod_cidr,
         service_cidr,
+        underlay: a.underlay.clone(),
+        direct_routing: a.direct_routing,
     };
 
     fs::create_dir_all(layout.dir())
@@ -163,10 +176,11 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
     }
     bar.finish_and_clear();
     println!(
-        "lab {} is up: {} nodes ({}), pods {}, services {} ({:.1}s)",
+        "lab {} is up: {} nodes ({}, {} underlay), pods {}, services {} ({:.1}s)",
         layout.name,
         a.nodes,
         a.backend,
+        a.underlay,
         pod_cidr,
         service_cidr,
         bar.elapsed().as_secs_f64()
