@@ -82,10 +82,11 @@ fn two_pods_on_one_node_reach_each_other_with_their_real_addresses() {
     );
     let host_veth = ra["interfaces"][1]["name"].as_str().expect("name");
     let mut node_nl = Netlink::open_in(&node.ns).expect("netlink in node");
-    assert_eq!(
-        node_nl.bridge_port_hairpin(host_veth).expect("hairpin"),
-        Some(true)
-    );
+    let port = node_nl
+        .bridge_port(host_veth)
+        .expect("bridge port")
+        .expect("on the bridge");
+    assert!(port.hairpin && port.isolated, "{port:?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 
 use ipnet::{IpNet, Ipv4Net};
-use podnet_kernel::netlink::{mac_for_ipv4, Link, PROTO_BOOT};
+use podnet_kernel::netlink::{mac_for_ipv4, BridgePort, Link, PROTO_BOOT};
 use podnet_kernel::{NetNs, Netlink, Route, VethSpec};
 use serde_json::Value;
 
@@ -98,13 +98,23 @@ fn setup(
         }
     })?;
     let host_link = must_find(&mut host, &host_name, "the node")?;
-    host.set_bridge_port_up(host_link.index, true)
-        .map_err(|e| {
-            kernel_error(
-                format!("container {cid}: attach {host_name} to {}", r.bridge),
-                e,
-            )
-        })?;
+    // Hairpin: a pod reaching itself through a Service comes back out its own port.
+    // Isolated: pods never talk to each other directly at L2; the node answers their ARP
+    // (proxy_arp_pvlan) and routes between them, so every packet between pods passes the
+    // node's IP layer and Service NAT sees both directions, with no br_netfilter needed.
+    host.set_bridge_port_up(
+        host_link.index,
+        BridgePort {
+            hairpin: true,
+            isolated: true,
+        },
+    )
+    .map_err(|e| {
+        kernel_error(
+            format!("container {cid}: attach {host_name} to {}", r.bridge),
+            e,
+        )
+    })?;
 
     let lo = must_find(&mut pod, "lo", "the pod")?;
     pod.set_up(lo.index)
@@ -217,5 +227,23 @@ fn ensure_bridge(host: &mut Netlink, r: &Resolved) -> Result<Link, CniError> {
         host.set_up(bridge.index)
             .map_err(|e| kernel_error(format!("bring {} up", r.bridge), e))?;
     }
+    bridge_sysctls(&r.bridge)?;
     Ok(bridge)
+}
+
+/// The node routes between its pods (see the isolated bridge ports): forwarding on, the
+/// bridge answering ARP for pods on other ports, and no ICMP redirects telling pods to go
+/// direct. Each is written only when it differs.
+pub fn bridge_sysctls(bridge: &str) -> Result<(), CniError> {
+    for (key, value) in [
+        ("net.ipv4.ip_forward".to_string(), "1"),
+        ("net.ipv4.conf.all.send_redirects".to_string(), "0"),
+        (format!("net.ipv4.conf.{bridge}.send_redirects"), "0"),
+        (format!("net.ipv4.conf.{bridge}.proxy_arp"), "1"),
+        (format!("net.ipv4.conf.{bridge}.proxy_arp_pvlan"), "1"),
+    ] {
+        podnet_kernel::sysctl::set(&key, value)
+            .map_err(|e| CniError::new(code::IO, format!("set {key}={value}: {e}")))?;
+    }
+    Ok(())
 }

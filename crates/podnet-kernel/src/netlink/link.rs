@@ -120,6 +120,16 @@ pub fn mac_for_ipv4(ip: Ipv4Addr) -> [u8; 6] {
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
+/// Bridge-port options podnet sets on a pod's host veth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgePort {
+    /// A frame may leave the port it came in on.
+    pub hairpin: bool,
+    /// The port talks only to non-isolated ports (the bridge itself), never to other
+    /// isolated ports directly.
+    pub isolated: bool,
+}
+
 /// A veth pair to create: `name` stays in the socket's namespace, `peer_name` is created
 /// directly in `peer_netns` (no move afterwards, so it never appears on the host).
 pub struct VethSpec<'a> {
@@ -287,18 +297,17 @@ impl Netlink {
     }
 
     /// Sets the bridge-port options of an enslaved link and brings it up, in one request.
-    /// Hairpin mode lets a frame leave the port it came in on: a pod reaching itself
-    /// through a Service address needs it.
-    pub fn set_bridge_port_up(&mut self, index: u32, hairpin: bool) -> Result<()> {
+    pub fn set_bridge_port_up(&mut self, index: u32, port: BridgePort) -> Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                hairpin,
-            )])),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![
+                InfoBridgePort::HairpinMode(port.hairpin),
+                InfoBridgePort::Isolated(port.isolated),
+            ])),
         ]));
         self.request(
             || format!("configure bridge port {index}"),
@@ -308,8 +317,8 @@ impl Netlink {
         .map(drop)
     }
 
-    /// The bridge-port hairpin setting of an enslaved link.
-    pub fn bridge_port_hairpin(&mut self, name: &str) -> Result<Option<bool>> {
+    /// The bridge-port settings of an enslaved link.
+    pub fn bridge_port(&mut self, name: &str) -> Result<Option<BridgePort>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         let answers = self.request(
@@ -327,11 +336,15 @@ impl Netlink {
                 };
                 for info in infos {
                     if let LinkInfo::PortData(InfoPortData::BridgePort(opts)) = info {
+                        let mut port = BridgePort::default();
                         for opt in opts {
-                            if let InfoBridgePort::HairpinMode(h) = opt {
-                                return Ok(Some(*h));
+                            match opt {
+                                InfoBridgePort::HairpinMode(h) => port.hairpin = *h,
+                                InfoBridgePort::Isolated(i) => port.isolated = *i,
+                                _ => {}
                             }
                         }
+                        return Ok(Some(port));
                     }
                 }
             }

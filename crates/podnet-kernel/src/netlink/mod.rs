@@ -22,7 +22,7 @@ use nix::errno::Errno;
 
 use crate::NetNs;
 
-pub use link::{format_mac, mac_for_ipv4, Link, VethSpec, Vxlan, VxlanSpec};
+pub use link::{format_mac, mac_for_ipv4, BridgePort, Link, VethSpec, Vxlan, VxlanSpec};
 pub use neighbour::{Fdb, Neighbour};
 pub use route::{Route, PROTO_BOOT};
 
