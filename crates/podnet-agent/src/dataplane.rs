@@ -10,8 +10,8 @@ use ipnet::{IpNet, Ipv4Net};
 use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
 use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
-use crate::masquerade;
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
+use crate::ruleset::{self, Ruleset};
 
 /// The route protocol number podnet marks its routes with (RTPROT_*; unassigned).
 pub const ROUTE_PROTO: u8 = 112;
@@ -31,8 +31,8 @@ pub enum DataplaneError {
 
 pub struct Dataplane {
     nl: Netlink,
-    /// What was last committed to nftables: (structure, node addresses).
-    nft_committed: Option<(String, BTreeSet<String>)>,
+    /// What was last committed to nftables.
+    nft_committed: Option<Ruleset>,
 }
 
 impl Dataplane {
@@ -255,79 +255,33 @@ impl Dataplane {
         Ok(Some(link.index))
     }
 
-    /// Brings podnet's nftables table to `structure` with `nodes` in its node set: the whole
-    /// table in one transaction when the structure changed (or at start, or after a failed
-    /// sync, or if the table vanished), otherwise only the set elements that changed.
-    pub fn sync_nft(
-        &mut self,
-        cluster_cidr: Ipv4Net,
-        nodes: &BTreeSet<String>,
-        check_table: bool,
-    ) -> Result<Vec<String>, DataplaneError> {
-        let structure = masquerade::structure(cluster_cidr);
+    /// Brings podnet's table to `want`: element changes only, from the in-memory copy of
+    /// what was committed; the whole table at start, after a failed sync, or if the table
+    /// vanished (`check_table` looks, cheaply, for that). Returns how many commands it sent.
+    pub fn sync_nft(&mut self, want: &Ruleset, check_table: bool) -> Result<usize, DataplaneError> {
         if check_table && self.nft_committed.is_some() {
-            let exists = nft::table_exists("inet", masquerade::TABLE).map_err(|source| {
-                DataplaneError::Io {
+            let exists =
+                nft::table_exists("inet", ruleset::TABLE).map_err(|source| DataplaneError::Io {
                     what: "list nftables tables".into(),
                     source,
-                }
-            })?;
+                })?;
             if !exists {
+                tracing::warn!("podnet's nftables table is gone; writing it again");
                 self.nft_committed = None;
             }
         }
-        let script = match &self.nft_committed {
-            Some((s, have)) if *s == structure => {
-                if have == nodes {
-                    return Ok(Vec::new());
-                }
-                let mut script = String::new();
-                let add: Vec<&String> = nodes.difference(have).collect();
-                let del: Vec<&String> = have.difference(nodes).collect();
-                if !add.is_empty() {
-                    script += &format!(
-                        "add element inet {} nodes {{ {} }}\n",
-                        masquerade::TABLE,
-                        join(&add)
-                    );
-                }
-                if !del.is_empty() {
-                    script += &format!(
-                        "delete element inet {} nodes {{ {} }}\n",
-                        masquerade::TABLE,
-                        join(&del)
-                    );
-                }
-                script
-            }
-            _ => {
-                let mut script = format!(
-                    "add table inet {t}\ndelete table inet {t}\n{structure}",
-                    t = masquerade::TABLE
-                );
-                if !nodes.is_empty() {
-                    let all: Vec<&String> = nodes.iter().collect();
-                    script += &format!(
-                        "add element inet {} nodes {{ {} }}\n",
-                        masquerade::TABLE,
-                        join(&all)
-                    );
-                }
-                script
-            }
+        let Some(script) = ruleset::transaction(self.nft_committed.as_ref(), want) else {
+            return Ok(0);
         };
+        // Unknown until it succeeds: a failed transaction leads to a full sync next time.
         self.nft_committed = None;
         nft::apply(&script).map_err(|source| DataplaneError::Io {
             what: "apply nftables".into(),
             source,
         })?;
-        self.nft_committed = Some((structure, nodes.clone()));
-        Ok(vec!["nftables masquerade".into()])
+        self.nft_committed = Some(want.clone());
+        Ok(script.lines().count())
     }
-}
-
-fn join(v: &[&String]) -> String {
-    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn kernel_route(r: &PeerRoute, oif: u32) -> Route {

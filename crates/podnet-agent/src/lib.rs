@@ -3,15 +3,16 @@
 //! node needs with pure functions, and applies it.
 //!
 //! It routes to every other node's pod CIDR (host-gw or VXLAN, see [`plan`]), masquerades
-//! traffic leaving the cluster ([`masquerade`]), repairs drift, and writes the node's CNI
+//! traffic leaving the cluster, proxies Services ([`services`], [`ruleset`]), repairs drift, and writes the node's CNI
 //! configuration: the node file `podnet-cni` reads its subnet and MTU from, then the
 //! conflist whose presence tells the kubelet the node's network is ready.
 
 pub mod cni_config;
 pub mod dataplane;
-pub mod masquerade;
 pub mod plan;
+pub mod ruleset;
 pub mod run;
+pub mod services;
 pub mod source;
 
 pub use run::{run, AgentConfig};

@@ -12,8 +12,8 @@ use podnet_kernel::netlink::format_mac;
 
 use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::masquerade;
 use crate::plan::{self, Backend, NodeInfo, VTEP_MAC_ANNOTATION};
+use crate::services;
 use crate::source::Source;
 
 /// The annotation where the agent says which peers it cannot route to, and why.
@@ -88,6 +88,18 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             .filter_map(NodeInfo::from_node)
             .collect();
         let node_ips: Vec<_> = peers.iter().map(|p| p.ip).collect();
+        let (rules, _served) = {
+            let services: Vec<_> = view.services.values().collect();
+            let slices: Vec<_> = view.slices.values().collect();
+            services::ruleset(
+                config.cluster_cidr,
+                &config.bridge,
+                &node_ips,
+                &config.node,
+                &services,
+                &slices,
+            )
+        };
         if matches!(config.backend, Backend::Vxlan { .. }) {
             let mac = format_mac(&plan::vtep_mac(me.ip));
             let published = view
@@ -134,11 +146,14 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             last_nft_check = Instant::now();
         }
         let result = dp.sync(&desired, &underlay).and_then(|mut c| {
-            c.extend(dp.sync_nft(
-                config.cluster_cidr,
-                &masquerade::node_addresses(&node_ips),
-                check_nft,
-            )?);
+            let started = Instant::now();
+            let commands = dp.sync_nft(&rules, check_nft)?;
+            if commands > 0 {
+                c.push(format!(
+                    "nftables: {commands} commands in {:?}",
+                    started.elapsed()
+                ));
+            }
             Ok(c)
         });
         match result {

@@ -10,7 +10,7 @@ use podnet_model::{Kind, Object};
 
 use super::{ClusterView, Source, SourceError};
 
-const KINDS: [Kind; 1] = [Kind::Node];
+const KINDS: [Kind; 3] = [Kind::Node, Kind::Service, Kind::EndpointSlice];
 /// After the first event of a burst, wait this long for more before acting.
 const BATCH: Duration = Duration::from_millis(10);
 
@@ -56,13 +56,18 @@ impl LabSource {
     }
 
     fn apply(&mut self, o: Object, deleted: bool) {
-        if let Object::Node(n) = o {
-            let name = n.metadata.name.clone().unwrap_or_default();
-            if deleted {
-                self.view.nodes.remove(&name);
-            } else {
-                self.view.nodes.insert(name, n);
-            }
+        let key = (
+            o.meta().namespace.clone().unwrap_or_default(),
+            o.name().to_string(),
+        );
+        match o {
+            Object::Node(_) if deleted => drop(self.view.nodes.remove(&key.1)),
+            Object::Node(n) => drop(self.view.nodes.insert(key.1, n)),
+            Object::Service(_) if deleted => drop(self.view.services.remove(&key)),
+            Object::Service(s) => drop(self.view.services.insert(key, s)),
+            Object::EndpointSlice(_) if deleted => drop(self.view.slices.remove(&key)),
+            Object::EndpointSlice(e) => drop(self.view.slices.insert(key, e)),
+            _ => {}
         }
     }
 

@@ -7,12 +7,15 @@ pub mod lab;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use podnet_model::k8s_openapi::api::core::v1::Node;
+use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
+use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// What the agent knows of the cluster.
+/// What the agent knows of the cluster. Namespaced objects are keyed by (namespace, name).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
     pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub slices: BTreeMap<(String, String), EndpointSlice>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -99,14 +99,11 @@ fn setup(
     })?;
     let host_link = must_find(&mut host, &host_name, "the node")?;
     // Hairpin: a pod reaching itself through a Service comes back out its own port.
-    // Isolated: pods never talk to each other directly at L2; the node answers their ARP
-    // (proxy_arp_pvlan) and routes between them, so every packet between pods passes the
-    // node's IP layer and Service NAT sees both directions, with no br_netfilter needed.
     host.set_bridge_port_up(
         host_link.index,
         BridgePort {
             hairpin: true,
-            isolated: true,
+            isolated: false,
         },
     )
     .map_err(|e| {
@@ -231,16 +228,15 @@ fn ensure_bridge(host: &mut Netlink, r: &Resolved) -> Result<Link, CniError> {
     Ok(bridge)
 }
 
-/// The node routes between its pods (see the isolated bridge ports): forwarding on, the
-/// bridge answering ARP for pods on other ports, and no ICMP redirects telling pods to go
-/// direct. Each is written only when it differs.
+/// The node forwards for its pods, and sends no ICMP redirects: Service traffic between
+/// two pods of one node leaves through the bridge it came in on, and must keep passing
+/// the node (where it is NATed) rather than be redirected to go direct. Each sysctl is
+/// written only when it differs.
 pub fn bridge_sysctls(bridge: &str) -> Result<(), CniError> {
     for (key, value) in [
         ("net.ipv4.ip_forward".to_string(), "1"),
         ("net.ipv4.conf.all.send_redirects".to_string(), "0"),
         (format!("net.ipv4.conf.{bridge}.send_redirects"), "0"),
-        (format!("net.ipv4.conf.{bridge}.proxy_arp"), "1"),
-        (format!("net.ipv4.conf.{bridge}.proxy_arp_pvlan"), "1"),
     ] {
         podnet_kernel::sysctl::set(&key, value)
             .map_err(|e| CniError::new(code::IO, format!("set {key}={value}: {e}")))?;

@@ -1,0 +1,278 @@
+//! podnet's nftables table as data, and the transaction that moves the kernel from what
+//! was committed to what is wanted. Pure.
+//!
+//! The table has a fixed *base* (sets, verdict maps and the hooked chains), *extras*
+//! created on demand (one load-balancing chain and endpoint map per endpoint count in
+//! use), and the *elements* of its sets and maps, which carry everything that changes
+//! with Services and nodes. An ordinary sync only adds and deletes elements (and
+//! creates an extra when a new endpoint count appears): no rule or chain is rewritten,
+//! nothing is flushed, and the kernel never re-validates the whole table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use ipnet::Ipv4Net;
+
+/// podnet's own table; podnet touches no other.
+pub const TABLE: &str = "podnet";
+/// The mark that asks postrouting to masquerade a connection (NodePort, policy Cluster).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// Everything podnet wants in its table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub base: String,
+    /// Objects created on demand, by name; each value is the commands that create it.
+    pub extras: BTreeMap<String, String>,
+    /// Elements by set or map name: key → value (empty for plain sets).
+    pub elements: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The sets and maps of the base, with their element types.
+pub const SETS: &[(&str, &str)] = &[
+    ("nodes", "type ipv4_addr"),
+    ("cluster-ips", "type ipv4_addr"),
+    (
+        "service-ports",
+        "type ipv4_addr . inet_proto . inet_service",
+    ),
+    ("no-endpoints", "type ipv4_addr . inet_proto . inet_service"),
+    ("nodeport-no-endpoints", "type inet_proto . inet_service"),
+    ("nodeport-masquerade", "type inet_proto . inet_service"),
+    (
+        "service-ips",
+        "type ipv4_addr . inet_proto . inet_service : verdict",
+    ),
+    (
+        "service-nodeports",
+        "type inet_proto . inet_service : verdict",
+    ),
+];
+
+/// The fixed part of the table. Service traffic between two pods of one node (and a pod
+/// reaching itself) is masqueraded to the bridge's address: otherwise the endpoint would
+/// answer the client directly over the bridge, past the node's NAT.
+/// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
+/// the names only for some hooks.
+pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
+    let mut s = format!("table inet {TABLE} {{\n");
+    for (name, ty) in SETS {
+        let kind = if ty.contains(':') { "map" } else { "set" };
+        let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}\n\t}}");
+    }
+    let _ = write!(
+        s,
+        "\tchain reject-now {{\n\
+         \t\tmeta l4proto tcp reject with tcp reset\n\
+         \t\treject\n\
+         \t}}\n\
+         \tchain services-reject {{\n\
+         \t\tip daddr . meta l4proto . th dport @no-endpoints jump reject-now\n\
+         \t\tip daddr @cluster-ips meta l4proto {{ tcp, udp, sctp }} ip daddr . meta l4proto . th dport != @service-ports jump reject-now\n\
+         \t\tfib daddr type local meta l4proto . th dport @nodeport-no-endpoints jump reject-now\n\
+         \t}}\n\
+         \tchain filter-prerouting {{\n\
+         \t\ttype filter hook prerouting priority -110; policy accept;\n\
+         \t\tjump services-reject\n\
+         \t}}\n\
+         \tchain filter-output {{\n\
+         \t\ttype filter hook output priority -110; policy accept;\n\
+         \t\tjump services-reject\n\
+         \t}}\n\
+         \tchain services {{\n\
+         \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
+         \t\tfib daddr type local meta l4proto . th dport @nodeport-masquerade meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
+         \t\tfib daddr type local meta l4proto . th dport vmap @service-nodeports\n\
+         \t}}\n\
+         \tchain nat-prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\tjump services\n\
+         \t}}\n\
+         \tchain nat-output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tjump services\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
+         \t\tiifname \"{bridge}\" oifname \"{bridge}\" ct status dnat masquerade\n\
+         \t\tip saddr {cluster_cidr} ip daddr != {cluster_cidr} ip daddr != @nodes masquerade\n\
+         \t}}\n\
+         }}\n"
+    );
+    s
+}
+
+/// The load-balancing chain and endpoint map for ClusterIP services with `n` endpoints.
+pub fn cluster_lb(n: usize) -> (String, String) {
+    (
+        format!("lb-{n}"),
+        format!(
+            "add map inet {TABLE} ep-{n} {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
+             add chain inet {TABLE} lb-{n}\n\
+             add rule inet {TABLE} lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @ep-{n}\n"
+        ),
+    )
+}
+
+/// The same for NodePorts (keyed by protocol and node port: the destination is a node).
+pub fn nodeport_lb(n: usize) -> (String, String) {
+    (
+        format!("np-lb-{n}"),
+        format!(
+            "add map inet {TABLE} np-ep-{n} {{ typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
+             add chain inet {TABLE} np-lb-{n}\n\
+             add rule inet {TABLE} np-lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to meta l4proto . th dport . numgen random mod {n} map @np-ep-{n}\n"
+        ),
+    )
+}
+
+/// Elements are sent in chunks: one huge line makes nft slow to parse.
+const CHUNK: usize = 2000;
+
+fn elements(out: &mut String, verb: &str, set: &str, items: &[String]) {
+    for chunk in items.chunks(CHUNK) {
+        let _ = writeln!(
+            out,
+            "{verb} element inet {TABLE} {set} {{ {} }}",
+            chunk.join(", ")
+        );
+    }
+}
+
+fn item(k: &str, v: &str) -> String {
+    if v.is_empty() {
+        k.to_string()
+    } else {
+        format!("{k} : {v}")
+    }
+}
+
+/// The transaction from `committed` (what the kernel holds, or `None` if unknown) to
+/// `want`. `None` when nothing needs to change.
+pub fn transaction(committed: Option<&Ruleset>, want: &Ruleset) -> Option<String> {
+    let mut out = String::new();
+    match committed {
+        Some(c) if c.base == want.base => {
+            for (name, def) in &want.extras {
+                if !c.extras.contains_key(name) {
+                    out.push_str(def);
+                }
+            }
+            let empty = BTreeMap::new();
+            // Deletions first: a changed map value is a delete and an add of its key.
+            for (set, have) in &c.elements {
+                let want_set = want.elements.get(set).unwrap_or(&empty);
+                let gone: Vec<String> = have
+                    .iter()
+                    .filter(|(k, v)| want_set.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                elements(&mut out, "delete", set, &gone);
+            }
+            for (set, want_set) in &want.elements {
+                let have = c.elements.get(set).unwrap_or(&empty);
+                let new: Vec<String> = want_set
+                    .iter()
+                    .filter(|(k, v)| have.get(*k) != Some(*v))
+                    .map(|(k, v)| item(k, v))
+                    .collect();
+                elements(&mut out, "add", set, &new);
+            }
+        }
+        _ => {
+            // Start over: the whole table, atomically replacing whatever was there.
+            let _ = writeln!(out, "add table inet {TABLE}\ndelete table inet {TABLE}");
+            out.push_str(&want.base);
+            for def in want.extras.values() {
+                out.push_str(def);
+            }
+            for (set, items) in &want.elements {
+                let all: Vec<String> = items.iter().map(|(k, v)| item(k, v)).collect();
+                elements(&mut out, "add", set, &all);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(elements: &[(&str, &[(&str, &str)])]) -> Ruleset {
+        Ruleset {
+            base: base("10.244.0.0/16".parse().expect("net"), "podnet0"),
+            extras: BTreeMap::from([cluster_lb(2)]),
+            elements: elements
+                .iter()
+                .map(|(s, items)| {
+                    (
+                        s.to_string(),
+                        items
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_base_declares_every_set_and_hooks_the_services_chain() {
+        let b = base("10.244.0.0/16".parse().expect("net"), "podnet0");
+        for (name, _) in SETS {
+            assert!(b.contains(&format!(" {name} {{")), "{name}");
+        }
+        assert!(b.contains("type nat hook prerouting priority -100"));
+        assert!(b.contains(
+            "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != @nodes masquerade"
+        ));
+    }
+
+    #[test]
+    fn a_first_sync_writes_everything_and_an_unchanged_one_nothing() {
+        let want = rs(&[("nodes", &[("172.18.0.11", "")])]);
+        let t = transaction(None, &want).expect("full");
+        assert!(
+            t.starts_with("add table inet podnet\ndelete table inet podnet\ntable inet podnet {")
+        );
+        assert!(t.contains("add chain inet podnet lb-2"));
+        assert!(t.contains("add element inet podnet nodes { 172.18.0.11 }"));
+        assert_eq!(transaction(Some(&want), &want), None);
+    }
+
+    #[test]
+    fn an_ordinary_sync_only_moves_elements() {
+        let before = rs(&[("service-ips", &[("10.96.0.10 . tcp . 80", "goto lb-2")])]);
+        let mut after = rs(&[(
+            "service-ips",
+            &[
+                ("10.96.0.10 . tcp . 80", "goto lb-3"),
+                ("10.96.0.11 . udp . 53", "goto lb-2"),
+            ],
+        )]);
+        after.extras.extend([cluster_lb(3)]);
+        let t = transaction(Some(&before), &after).expect("changes");
+        assert_eq!(
+            t,
+            format!(
+                "{}delete element inet podnet service-ips {{ 10.96.0.10 . tcp . 80 }}\n\
+                 add element inet podnet service-ips {{ 10.96.0.10 . tcp . 80 : goto lb-3, 10.96.0.11 . udp . 53 : goto lb-2 }}\n",
+                cluster_lb(3).1
+            )
+        );
+        assert!(!t.contains("flush") && !t.contains("delete table"));
+    }
+
+    #[test]
+    fn a_changed_base_replaces_the_table() {
+        let before = rs(&[]);
+        let mut after = rs(&[]);
+        after.base = base("10.200.0.0/16".parse().expect("net"), "podnet0");
+        assert!(transaction(Some(&before), &after)
+            .expect("full")
+            .contains("delete table inet podnet"));
+    }
+}

@@ -1,0 +1,389 @@
+//! The service proxy's decisions: from Services and EndpointSlices to the elements of
+//! podnet's nftables maps. Pure; [`crate::ruleset`] turns them into transactions.
+//!
+//! Per Service port: its ClusterIP . protocol . port goes to a verdict map entry that
+//! jumps to the load-balancing chain for its endpoint count, and each endpoint is one
+//! element of that count's endpoint map (`numgen random mod N` picks one). A port with no
+//! usable endpoint is rejected at once instead. NodePorts work the same way, keyed by
+//! protocol and node port. So a lookup costs the same with 10 Services or 10,000, and an
+//! endpoint costs a constant two elements.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use podnet_model::k8s_openapi::api::core::v1::Service;
+use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
+use podnet_model::objects::SERVICE_NAME_LABEL;
+
+use crate::ruleset::{self, Ruleset};
+
+/// Where traffic for one Service port goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A ClusterIP port: address, protocol (`tcp`, `udp`, `sctp`) and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// What the proxy serves, for comparing syncs (conntrack clean-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Endpoints of every ClusterIP port that has some.
+    pub endpoints: BTreeMap<Frontend, BTreeSet<Endpoint>>,
+}
+
+struct Ep {
+    ip: Ipv4Addr,
+    port: u16,
+    node: Option<String>,
+}
+
+fn protocol(p: Option<&str>) -> String {
+    p.unwrap_or("TCP").to_ascii_lowercase()
+}
+
+/// Usable endpoints per (namespace, service, port name, protocol): ready and not
+/// terminating ones only.
+fn endpoints_by_port(
+    slices: &[&EndpointSlice],
+) -> BTreeMap<(String, String, String, String), Vec<Ep>> {
+    let mut out: BTreeMap<_, Vec<Ep>> = BTreeMap::new();
+    for s in slices {
+        let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        for p in s.ports.iter().flatten() {
+            let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
+                continue;
+            };
+            let key = (
+                ns.clone(),
+                svc.clone(),
+                p.name.clone().unwrap_or_default(),
+                protocol(p.protocol.as_deref()),
+            );
+            let list = out.entry(key).or_default();
+            for e in &s.endpoints {
+                let c = e.conditions.as_ref();
+                if c.and_then(|c| c.ready) == Some(false)
+                    || c.and_then(|c| c.terminating) == Some(true)
+                {
+                    continue;
+                }
+                for a in &e.addresses {
+                    if let Ok(ip) = a.parse() {
+                        list.push(Ep {
+                            ip,
+                            port,
+                            node: e.node_name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|e| (e.ip, e.port));
+        list.dedup_by_key(|e| (e.ip, e.port));
+    }
+    out
+}
+
+fn insert(r: &mut Ruleset, set: &str, k: String, v: String) {
+    r.elements.entry(set.to_string()).or_default().insert(k, v);
+}
+
+/// The whole table for this node: masquerade for `nodes`, and every Service.
+pub fn ruleset(
+    cluster_cidr: Ipv4Net,
+    bridge: &str,
+    node_ips: &[Ipv4Addr],
+    me: &str,
+    services: &[&Service],
+    slices: &[&EndpointSlice],
+) -> (Ruleset, Served) {
+    let mut r = Ruleset {
+        base: ruleset::base(cluster_cidr, bridge),
+        ..Ruleset::default()
+    };
+    for (set, _) in ruleset::SETS {
+        r.elements.insert(set.to_string(), BTreeMap::new());
+    }
+    for ip in node_ips {
+        insert(&mut r, "nodes", ip.to_string(), String::new());
+    }
+    let mut served = Served::default();
+    let eps = endpoints_by_port(slices);
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+        // Headless Services and ExternalNames are not proxied.
+        let Some(cip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        if ty == "ExternalName" {
+            continue;
+        }
+        insert(&mut r, "cluster-ips", cip.to_string(), String::new());
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let local_only = |policy: Option<&str>| policy == Some("Local");
+        for p in spec.ports.iter().flatten() {
+            let Ok(port) = u16::try_from(p.port) else {
+                continue;
+            };
+            let proto = protocol(p.protocol.as_deref());
+            let key = (
+                ns.clone(),
+                name.clone(),
+                p.name.clone().unwrap_or_default(),
+                proto.clone(),
+            );
+            let all: &[Ep] = eps.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let pick = |local: bool| -> Vec<Endpoint> {
+                all.iter()
+                    .filter(|e| !local || e.node.as_deref() == Some(me))
+                    .map(|e| Endpoint {
+                        ip: e.ip,
+                        port: e.port,
+                    })
+                    .collect()
+            };
+            let frontend = format!("{cip} . {proto} . {port}");
+            insert(&mut r, "service-ports", frontend.clone(), String::new());
+            let cluster = pick(local_only(spec.internal_traffic_policy.as_deref()));
+            if cluster.is_empty() {
+                insert(&mut r, "no-endpoints", frontend.clone(), String::new());
+            } else {
+                let (chain, def) = ruleset::cluster_lb(cluster.len());
+                r.extras.insert(chain.clone(), def);
+                insert(
+                    &mut r,
+                    "service-ips",
+                    frontend.clone(),
+                    format!("goto {chain}"),
+                );
+                for (i, e) in cluster.iter().enumerate() {
+                    insert(
+                        &mut r,
+                        &format!("ep-{}", cluster.len()),
+                        format!("{frontend} . {i}"),
+                        format!("{} . {}", e.ip, e.port),
+                    );
+                }
+                served.endpoints.insert(
+                    Frontend {
+                        ip: cip,
+                        protocol: proto.clone(),
+                        port,
+                    },
+                    cluster.iter().copied().collect(),
+                );
+            }
+            let Some(np) = p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|_| ty == "NodePort")
+            else {
+                continue;
+            };
+            let np_key = format!("{proto} . {np}");
+            let external_local = local_only(spec.external_traffic_policy.as_deref());
+            let external = pick(external_local);
+            if external.is_empty() {
+                insert(&mut r, "nodeport-no-endpoints", np_key, String::new());
+                continue;
+            }
+            if !external_local {
+                // Replies must come back through this node: masquerade.
+                insert(&mut r, "nodeport-masquerade", np_key.clone(), String::new());
+            }
+            let (chain, def) = ruleset::nodeport_lb(external.len());
+            r.extras.insert(chain.clone(), def);
+            insert(
+                &mut r,
+                "service-nodeports",
+                np_key.clone(),
+                format!("goto {chain}"),
+            );
+            for (i, e) in external.iter().enumerate() {
+                insert(
+                    &mut r,
+                    &format!("np-ep-{}", external.len()),
+                    format!("{np_key} . {i}"),
+                    format!("{} . {}", e.ip, e.port),
+                );
+            }
+        }
+    }
+    (r, served)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podnet_model::objects::parse_documents;
+    use podnet_model::Object;
+
+    const YAML: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: default}
+spec: {clusterIP: 10.96.0.11, selector: {app: none}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: default}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec: {clusterIP: 10.96.0.12, type: NodePort, externalTrafficPolicy: Local, internalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30081}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}, {name: dns, port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}}
+- {addresses: [10.244.2.2], nodeName: node-2}
+- {addresses: [10.244.2.3], nodeName: node-2, conditions: {ready: false}}
+- {addresses: [10.244.2.4], nodeName: node-2, conditions: {ready: true, terminating: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+ports: [{name: "", port: 80}]
+endpoints:
+- {addresses: [10.244.2.9], nodeName: node-2}
+"#;
+
+    fn build(me: &str) -> (Ruleset, Served) {
+        let objs = parse_documents(YAML).expect("valid");
+        let svcs: Vec<&Service> = objs
+            .iter()
+            .filter_map(|o| {
+                if let Object::Service(s) = o {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let slices: Vec<&EndpointSlice> = objs
+            .iter()
+            .filter_map(|o| {
+                if let Object::EndpointSlice(s) = o {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        ruleset(
+            "10.244.0.0/16".parse().expect("net"),
+            "podnet0",
+            &["172.18.0.11".parse().expect("ip")],
+            me,
+            &svcs,
+            &slices,
+        )
+    }
+
+    fn el(r: &Ruleset, set: &str) -> Vec<String> {
+        r.elements[set]
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k} : {v}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_elements() {
+        let (r, _) = build("node-1");
+        assert_eq!(
+            el(&r, "cluster-ips"),
+            ["10.96.0.10", "10.96.0.11", "10.96.0.12"]
+        );
+        assert_eq!(
+            el(&r, "service-ips"),
+            [
+                "10.96.0.10 . tcp . 80 : goto lb-2",
+                "10.96.0.10 . udp . 53 : goto lb-2"
+            ]
+        );
+        assert_eq!(
+            el(&r, "ep-2"),
+            [
+                "10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 8080",
+                "10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 8080",
+                "10.96.0.10 . udp . 53 . 0 : 10.244.1.2 . 5353",
+                "10.96.0.10 . udp . 53 . 1 : 10.244.2.2 . 5353",
+            ]
+        );
+        // No endpoints, or none on this node for a Local policy: rejected at once.
+        assert_eq!(
+            el(&r, "no-endpoints"),
+            ["10.96.0.11 . tcp . 80", "10.96.0.12 . tcp . 80"]
+        );
+        assert_eq!(el(&r, "nodeport-no-endpoints"), ["tcp . 30081"]);
+        assert_eq!(el(&r, "service-nodeports"), ["tcp . 30080 : goto np-lb-2"]);
+        assert_eq!(el(&r, "nodeport-masquerade"), ["tcp . 30080"]);
+        assert_eq!(
+            el(&r, "service-ports"),
+            [
+                "10.96.0.10 . tcp . 80",
+                "10.96.0.10 . udp . 53",
+                "10.96.0.11 . tcp . 80",
+                "10.96.0.12 . tcp . 80"
+            ]
+        );
+        assert!(r.extras.contains_key("lb-2") && r.extras.contains_key("np-lb-2"));
+    }
+
+    #[test]
+    fn local_policies_use_only_this_nodes_endpoints_and_keep_the_client_address() {
+        let (r, served) = build("node-2");
+        assert!(el(&r, "service-ips").contains(&"10.96.0.12 . tcp . 80 : goto lb-1".to_string()));
+        assert!(el(&r, "service-nodeports").contains(&"tcp . 30081 : goto np-lb-1".to_string()));
+        assert!(!el(&r, "nodeport-masquerade").contains(&"tcp . 30081".to_string()));
+        assert_eq!(served.endpoints.len(), 3);
+    }
+}
