@@ -1,15 +1,18 @@
 //! Thin adapters to the Linux kernel. Everything here performs I/O; deciding what to
 //! ask the kernel for lives elsewhere and is pure.
 //!
+//! - [`conntrack`]: list and delete connection-tracking flows over ctnetlink;
 //! - [`netns`]: open, enter, create and delete network namespaces;
 //! - [`netlink`]: a small synchronous rtnetlink client bound to one namespace;
 //! - [`nft`]: nftables transactions;
 //! - [`sysctl`]: per-namespace sysctls.
 
+pub mod conntrack;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
 
+pub use conntrack::{Conntrack, ConntrackError};
 pub use netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
 pub use netns::{NetNs, NetNsGuard};
