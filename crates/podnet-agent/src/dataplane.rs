@@ -12,6 +12,8 @@ use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
 use crate::ruleset::{self, Ruleset};
+use crate::services::StaleUdp;
+use podnet_kernel::conntrack::{Conntrack, Flow, PROTO_UDP};
 
 /// The route protocol number podnet marks its routes with (RTPROT_*; unassigned).
 pub const ROUTE_PROTO: u8 = 112;
@@ -31,6 +33,7 @@ pub enum DataplaneError {
 
 pub struct Dataplane {
     nl: Netlink,
+    conntrack: Conntrack,
     /// What was last committed to nftables.
     nft_committed: Option<Ruleset>,
 }
@@ -39,6 +42,7 @@ impl Dataplane {
     pub fn new() -> Result<Dataplane, DataplaneError> {
         Ok(Dataplane {
             nl: Netlink::open()?,
+            conntrack: Conntrack::open().map_err(|e| DataplaneError::Underlay(e.to_string()))?,
             nft_committed: None,
         })
     }
@@ -281,6 +285,33 @@ impl Dataplane {
         })?;
         self.nft_committed = Some(want.clone());
         Ok(script.lines().count())
+    }
+}
+
+impl Dataplane {
+    /// Deletes the UDP conntrack entries `stale` describes; returns how many.
+    pub fn forget_udp(&mut self, stale: &[StaleUdp]) -> Result<usize, DataplaneError> {
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let matches = |f: &Flow| {
+            stale.iter().any(|s| match s {
+                StaleUdp::ToEndpoint { frontend, endpoint } => {
+                    f.original.dst == frontend.ip
+                        && f.original.dst_port == frontend.port
+                        && f.reply.src == endpoint.ip
+                        && f.reply.src_port == endpoint.port
+                }
+                StaleUdp::Unanswered { frontend } => {
+                    f.original.dst == frontend.ip
+                        && f.original.dst_port == frontend.port
+                        && f.reply.src == frontend.ip
+                }
+            })
+        };
+        self.conntrack
+            .delete_where(PROTO_UDP, matches)
+            .map_err(|e| DataplaneError::Underlay(format!("clean up UDP conntrack entries: {e}")))
     }
 }
 

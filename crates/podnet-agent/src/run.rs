@@ -58,6 +58,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
     let mut warned_missing = false;
     let mut published_routing = false;
+    let mut last_served = services::Served::default();
     loop {
         let changed = match source.wait(RESYNC) {
             Ok(c) => {
@@ -88,7 +89,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             .filter_map(NodeInfo::from_node)
             .collect();
         let node_ips: Vec<_> = peers.iter().map(|p| p.ip).collect();
-        let (rules, _served) = {
+        let (rules, served) = {
             let services: Vec<_> = view.services.values().collect();
             let slices: Vec<_> = view.slices.values().collect();
             services::ruleset(
@@ -154,8 +155,16 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                     started.elapsed()
                 ));
             }
+            // Only once the new rules are in, or a flow could be recreated the old way.
+            let forgotten = dp.forget_udp(&services::stale_udp(&last_served, &served))?;
+            if forgotten > 0 {
+                c.push(format!("forgot {forgotten} stale UDP conntrack entries"));
+            }
             Ok(c)
         });
+        if result.is_ok() {
+            last_served = served;
+        }
         match result {
             Ok(changes) if changes.is_empty() => {}
             Ok(changes) if changed || written.is_none() => {

@@ -40,6 +40,45 @@ pub struct Served {
     pub endpoints: BTreeMap<Frontend, BTreeSet<Endpoint>>,
 }
 
+/// UDP conntrack entries that would keep misdirecting a client that keeps its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleUdp {
+    /// Flows to a frontend that were sent to an endpoint it no longer has.
+    ToEndpoint {
+        frontend: Frontend,
+        endpoint: Endpoint,
+    },
+    /// Flows to a frontend from when it had no endpoint (never NATed, never answered).
+    Unanswered { frontend: Frontend },
+}
+
+/// What conntrack must forget when the proxy goes from `before` to `after`.
+pub fn stale_udp(before: &Served, after: &Served) -> Vec<StaleUdp> {
+    let mut out = Vec::new();
+    for (f, eps) in &before.endpoints {
+        if f.protocol != "udp" {
+            continue;
+        }
+        let now = after.endpoints.get(f);
+        for e in eps {
+            if now.is_none_or(|n| !n.contains(e)) {
+                out.push(StaleUdp::ToEndpoint {
+                    frontend: f.clone(),
+                    endpoint: *e,
+                });
+            }
+        }
+    }
+    for f in after.endpoints.keys() {
+        if f.protocol == "udp" && !before.endpoints.contains_key(f) {
+            out.push(StaleUdp::Unanswered {
+                frontend: f.clone(),
+            });
+        }
+    }
+    out
+}
+
 struct Ep {
     ip: Ipv4Addr,
     port: u16,
@@ -376,6 +415,39 @@ endpoints:
             ]
         );
         assert!(r.extras.contains_key("lb-2") && r.extras.contains_key("np-lb-2"));
+    }
+
+    #[test]
+    fn stale_udp_flows_follow_endpoint_changes() {
+        let f = |proto: &str| Frontend {
+            ip: "10.96.0.10".parse().expect("ip"),
+            protocol: proto.into(),
+            port: 53,
+        };
+        let ep = |last: u8| Endpoint {
+            ip: Ipv4Addr::new(10, 244, 1, last),
+            port: 5353,
+        };
+        let served = |eps: &[(Frontend, &[Endpoint])]| Served {
+            endpoints: eps
+                .iter()
+                .map(|(f, e)| (f.clone(), e.iter().copied().collect()))
+                .collect(),
+        };
+        let before = served(&[(f("udp"), &[ep(2), ep(3)]), (f("tcp"), &[ep(2)])]);
+        let after = served(&[(f("udp"), &[ep(3)])]);
+        assert_eq!(
+            stale_udp(&before, &after),
+            vec![StaleUdp::ToEndpoint {
+                frontend: f("udp"),
+                endpoint: ep(2)
+            }]
+        );
+        assert_eq!(
+            stale_udp(&Served::default(), &after),
+            vec![StaleUdp::Unanswered { frontend: f("udp") }]
+        );
+        assert!(stale_udp(&after, &after).is_empty());
     }
 
     #[test]

@@ -1,0 +1,495 @@
+//! Services through the agent's nftables proxy, on labs. Run as root.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, stdout, Lab, PODNET};
+use serde_json::Value;
+
+/// A Deployment `web` of `replicas` probe servers (HTTP 8080, UDP 5353) behind Service
+/// `web`, plus a client pod pinned to `client_node`.
+fn app(replicas: usize, service_extra: &str, client_node: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        command: [podnet, probe, serve, --http, "8080", --udp-echo, "5353"]
+        ports: [{{name: http, containerPort: 8080}}, {{name: dns, containerPort: 5353, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  {service_extra}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: dns, port: 53, targetPort: dns, protocol: UDP}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {client_node}
+  containers: [{{name: c, command: [sleep, infinity]}}]
+"#
+    )
+}
+
+fn service(lab: &Lab, name: &str) -> Value {
+    let out = lab.ok(&["get", "services", name, "-o", "json"]);
+    serde_json::from_str(&out).expect("json")
+}
+
+fn cluster_ip(lab: &Lab, name: &str) -> String {
+    service(lab, name)["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string()
+}
+
+fn pod_names(lab: &Lab, app: &str) -> BTreeSet<String> {
+    lab.items("pods")
+        .iter()
+        .filter(|p| {
+            p["metadata"]["labels"]["app"] == app && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Which pods answered `count` requests from `from`.
+fn answers(lab: &Lab, from: &str, args: &[&str]) -> (BTreeSet<String>, u64) {
+    let mut cmd = vec!["podnet", "probe"];
+    cmd.extend_from_slice(args);
+    cmd.extend_from_slice(&["-o", "json", "--timeout", "1s"]);
+    let out = lab.exec(from, &cmd);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let names = v["by_hostname"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    (names, v["failed"].as_u64().unwrap_or(u64::MAX))
+}
+
+#[test]
+fn cluster_ip_tcp_and_udp_spread_over_every_endpoint_from_another_node() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&app(3, "", "node-2"));
+    lab.wait_ready("deployment/web", "30s");
+    lab.wait_ready("pod/client", "30s");
+    let ip = cluster_ip(&lab, "web");
+    let pods = pod_names(&lab, "web");
+    let spread = eventually(Duration::from_secs(5), || {
+        let (seen, failed) = answers(
+            &lab,
+            "client",
+            &["get", &format!("http://{ip}/hostname"), "-c", "30"],
+        );
+        (seen == pods && failed == 0).then_some(())
+    });
+    assert!(
+        spread.is_some(),
+        "TCP: not every endpoint answered: {:?}",
+        answers(
+            &lab,
+            "client",
+            &["get", &format!("http://{ip}/hostname"), "-c", "30"]
+        )
+    );
+    // UDP: a client socket sticks to one endpoint (its conntrack entry), so each try
+    // uses a new socket.
+    let mut udp = BTreeSet::new();
+    for _ in 0..40 {
+        let (seen, failed) = answers(&lab, "client", &["udp", &format!("{ip}:53"), "-c", "1"]);
+        assert_eq!(failed, 0, "UDP to the ClusterIP");
+        udp.extend(seen);
+        if udp == pods {
+            break;
+        }
+    }
+    assert_eq!(udp, pods, "UDP spread");
+}
+
+#[test]
+fn endpoints_follow_scaling_within_a_second() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&app(1, "", "node-1"));
+    lab.wait_ready("deployment/web", "30s");
+    lab.wait_ready("pod/client", "30s");
+    let ip = cluster_ip(&lab, "web");
+    for replicas in [4usize, 2] {
+        lab.apply(&app(replicas, "", "node-1"));
+        lab.wait_ready("deployment/web", "30s");
+        // Once the slice has settled, the proxy follows within a second.
+        let settled = eventually(Duration::from_secs(10), || {
+            (lab.slice_ips("web").len() == replicas).then_some(())
+        });
+        assert!(settled.is_some());
+        let t = Instant::now();
+        let pods = pod_names(&lab, "web");
+        let followed = eventually(Duration::from_secs(1), || {
+            let (seen, failed) = answers(
+                &lab,
+                "client",
+                &["get", &format!("http://{ip}/hostname"), "-c", "24"],
+            );
+            (seen == pods && failed == 0).then_some(())
+        });
+        assert!(
+            followed.is_some(),
+            "replicas {replicas}: answers did not follow within a second"
+        );
+        eprintln!("replicas {replicas}: followed in {:?}", t.elapsed());
+    }
+}
+
+#[test]
+fn no_endpoints_and_unserved_ports_refuse_at_once() {
+    let lab = Lab::up(1, &[]);
+    lab.apply(&app(0, "", "node-1"));
+    lab.wait_ready("pod/client", "30s");
+    let ip = cluster_ip(&lab, "web");
+    for target in [format!("{ip}:80"), format!("{ip}:81")] {
+        let started = Instant::now();
+        let out = lab.exec(
+            "client",
+            &[
+                "podnet",
+                "probe",
+                "tcp",
+                &target,
+                "--timeout",
+                "3s",
+                "-o",
+                "json",
+            ],
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let err = v["attempts"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains("refused"), "{target}: {v}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{target}: refusing took {:?}",
+            started.elapsed()
+        );
+    }
+    let out = lab.exec(
+        "client",
+        &[
+            "podnet",
+            "probe",
+            "udp",
+            &format!("{ip}:53"),
+            "--timeout",
+            "3s",
+            "-o",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["failed"], 1, "{v}");
+}
+
+#[test]
+fn node_ports_from_outside_and_from_another_node_and_local_policy_keeps_the_client_address() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&app(2, "type: NodePort", "node-1"));
+    lab.wait_ready("deployment/web", "30s");
+    let svc = service(&lab, "web");
+    let np = svc["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("node port");
+    assert!((30000..=32767).contains(&np));
+    let pods = pod_names(&lab, "web");
+    for node_ip in ["172.18.0.11", "172.18.0.12"] {
+        let url = format!("http://{node_ip}:{np}/hostname");
+        let from_outside = eventually(Duration::from_secs(5), || {
+            let (seen, failed) = answers(&lab, "external", &["get", &url, "-c", "20"]);
+            (seen == pods && failed == 0).then_some(())
+        });
+        assert!(
+            from_outside.is_some(),
+            "NodePort {url} from the external host"
+        );
+        let (seen, failed) = answers(&lab, "node/node-2", &["get", &url, "-c", "20"]);
+        assert_eq!(
+            (seen, failed),
+            (pods.clone(), 0),
+            "NodePort {url} from node-2"
+        );
+    }
+    // externalTrafficPolicy: Local: only this node's endpoints, and the client's own address.
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#,
+    );
+    let np = service(&lab, "web-local")["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("node port");
+    let pods_json = lab.items("pods");
+    for node in ["node-1", "node-2"] {
+        let node_ip = if node == "node-1" {
+            "172.18.0.11"
+        } else {
+            "172.18.0.12"
+        };
+        let local: BTreeSet<String> = pods_json
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web" && p["spec"]["nodeName"] == node)
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        let url = format!("http://{node_ip}:{np}/hostname");
+        if local.is_empty() {
+            let (_, failed) = answers(&lab, "external", &["get", &url, "-c", "3"]);
+            assert_eq!(failed, 3, "a node without local endpoints serves nothing");
+            continue;
+        }
+        let got = eventually(Duration::from_secs(5), || {
+            let (seen, failed) = answers(&lab, "external", &["get", &url, "-c", "10"]);
+            (seen == local && failed == 0).then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "{node}: Local policy answers only from {local:?}"
+        );
+        let seen = stdout(&lab.exec(
+            "external",
+            &[
+                "podnet",
+                "probe",
+                "get",
+                &format!("http://{node_ip}:{np}/clientip"),
+            ],
+        ));
+        assert!(
+            seen.starts_with("198.51.100.1:"),
+            "the pod saw {seen:?} instead of the external client"
+        );
+    }
+}
+
+#[test]
+fn a_selectorless_service_with_a_hand_written_slice_works() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: backend}
+spec:
+  nodeName: node-2
+  containers: [{name: s, command: [podnet, probe, serve, --http, "9090"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node-1
+  containers: [{name: c, command: [sleep, infinity]}]
+"#,
+    );
+    lab.wait_ready("pod/backend", "30s");
+    lab.wait_ready("pod/client", "30s");
+    let backend = lab.pod_ip("backend");
+    lab.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: manual}}
+spec:
+  ports: [{{name: web, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  labels: {{kubernetes.io/service-name: manual}}
+addressType: IPv4
+ports: [{{name: web, port: 9090, protocol: TCP}}]
+endpoints: [{{addresses: ["{backend}"], conditions: {{ready: true}}}}]
+"#
+    ));
+    let ip = cluster_ip(&lab, "manual");
+    let got = eventually(Duration::from_secs(5), || {
+        let s = stdout(&lab.exec(
+            "client",
+            &[
+                "podnet",
+                "probe",
+                "get",
+                "--timeout",
+                "1s",
+                &format!("http://{ip}/hostname"),
+            ],
+        ));
+        (s == "backend").then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "the selectorless Service did not reach its hand-written endpoint"
+    );
+}
+
+fn agent_pids(lab: &Lab) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("agent --lab {} ", lab.name)))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn restarting_agents_keeps_established_service_connections() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, labels: {app: iperf}}
+spec:
+  nodeName: node-2
+  containers: [{name: s, command: [iperf3, -s]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: iperf}
+spec: {selector: {app: iperf}, ports: [{port: 5201}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli}
+spec:
+  nodeName: node-1
+  containers: [{name: c, command: [sleep, infinity]}]
+"#,
+    );
+    lab.wait_ready("pod/srv", "30s");
+    lab.wait_ready("pod/cli", "30s");
+    let ip = cluster_ip(&lab, "iperf");
+    assert!(
+        eventually(Duration::from_secs(5), || (lab.slice_ips("iperf").len()
+            == 1)
+            .then_some(()))
+        .is_some()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let transfer = Command::new(PODNET)
+        .args([
+            "lab", "--name", &lab.name, "exec", "cli", "--", "iperf3", "-c", &ip, "-t", "5", "-b",
+            "100M",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("iperf3");
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = agent_pids(&lab);
+    assert_eq!(before.len(), 2);
+    for pid in &before {
+        Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .expect("kill");
+    }
+    let out = transfer.wait_with_output().expect("iperf3");
+    assert!(
+        out.status.success(),
+        "the Service connection broke while the agents restarted: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = agent_pids(&lab);
+    assert!(
+        after.iter().all(|p| !before.contains(p)) && after.len() == 2,
+        "agents restarted"
+    );
+}
+
+#[test]
+fn a_udp_client_keeping_its_socket_follows_its_endpoint() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&app(0, "", "node-1"));
+    lab.wait_ready("pod/client", "30s");
+    let ip = cluster_ip(&lab, "web");
+    // One socket for the whole run: first while the Service has no endpoint, then across
+    // the deletion of the endpoint it talks to.
+    let client = Command::new(PODNET)
+        .args([
+            "lab",
+            "--name",
+            &lab.name,
+            "exec",
+            "client",
+            "--",
+            "podnet",
+            "probe",
+            "udp",
+            &format!("{ip}:53"),
+        ])
+        .args([
+            "-c",
+            "70",
+            "--interval",
+            "100ms",
+            "--timeout",
+            "300ms",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("udp client");
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.apply(&app(1, "", "node-1"));
+    lab.wait_ready("deployment/web", "30s");
+    std::thread::sleep(Duration::from_millis(2000));
+    let first = pod_names(&lab, "web");
+    let first = first.iter().next().expect("a pod").clone();
+    lab.ok(&["delete", &format!("pod/{first}")]);
+    let out = client.wait_with_output().expect("udp client");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by: Vec<String> = v["by_hostname"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert!(
+        by.contains(&first),
+        "the client never reached the first endpoint: {v}"
+    );
+    assert!(
+        by.iter().any(|h| *h != first),
+        "the client never reached the replacement endpoint: {v}"
+    );
+    let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
+    let tail_ok = attempts.iter().rev().take(5).all(|a| a["ok"] == true);
+    assert!(tail_ok, "the client's last datagrams went unanswered: {v}");
+}
