@@ -22,10 +22,18 @@ pub const MASQUERADE_MARK: u32 = 0x4000;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub base: String,
-    /// Objects created on demand, by name; each value is the commands that create it.
-    pub extras: BTreeMap<String, String>,
+    /// Objects created on demand, by name.
+    pub extras: BTreeMap<String, Extra>,
     /// Elements by set or map name: key → value (empty for plain sets).
     pub elements: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// Chains, maps or sets made on demand: the commands that create them, and those that
+/// delete them once nothing refers to them any more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
+    pub create: String,
+    pub delete: String,
 }
 
 /// The sets and maps of the base, with their element types.
@@ -51,7 +59,16 @@ pub const SETS: &[(&str, &str)] = &[
 
 /// The fixed part of the table. Service traffic between two pods of one node (and a pod
 /// reaching itself) is masqueraded to the bridge's address: otherwise the endpoint would
-/// answer the client directly over the bridge, past the node's NAT.
+/// answer the client directly over the bridge, past the node's NAT, and a pod reaching
+/// itself would get a packet from its own address, which it drops as a martian.
+///
+/// That traffic is recognised in the forward hook and marked for postrouting, not
+/// matched with `iifname` in postrouting: when br_netfilter is loaded (it is per host,
+/// and `bridge-nf-call-iptables` defaults to 1 in every namespace), a packet DNATed to
+/// a port of the bridge it came in on is *bridged* there ("bridged DNAT"), and
+/// br_netfilter runs the IPv4 postrouting hook with no input device, so `iifname` is
+/// empty and never matches. The forward hook sees input and output = the bridge both
+/// when the packet is bridged that way and when it is routed (no br_netfilter).
 /// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
 /// the names only for some hooks.
 pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
@@ -92,10 +109,13 @@ pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
          \t\ttype nat hook output priority -100; policy accept;\n\
          \t\tjump services\n\
          \t}}\n\
+         \tchain filter-forward {{\n\
+         \t\ttype filter hook forward priority -110; policy accept;\n\
+         \t\tiifname \"{bridge}\" oifname \"{bridge}\" ct state new ct status dnat meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
+         \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
-         \t\tiifname \"{bridge}\" oifname \"{bridge}\" ct status dnat masquerade\n\
          \t\tip saddr {cluster_cidr} ip daddr != {cluster_cidr} ip daddr != @nodes masquerade\n\
          \t}}\n\
          }}\n"
@@ -104,27 +124,78 @@ pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
 }
 
 /// The load-balancing chain and endpoint map for ClusterIP services with `n` endpoints.
-pub fn cluster_lb(n: usize) -> (String, String) {
+pub fn cluster_lb(n: usize) -> (String, Extra) {
     (
         format!("lb-{n}"),
-        format!(
-            "add map inet {TABLE} ep-{n} {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
-             add chain inet {TABLE} lb-{n}\n\
-             add rule inet {TABLE} lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @ep-{n}\n"
-        ),
+        Extra {
+            create: format!(
+                "add map inet {TABLE} ep-{n} {{ typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
+                 add chain inet {TABLE} lb-{n}\n\
+                 add rule inet {TABLE} lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to ip daddr . meta l4proto . th dport . numgen random mod {n} map @ep-{n}\n"
+            ),
+            delete: format!("delete chain inet {TABLE} lb-{n}\ndelete map inet {TABLE} ep-{n}\n"),
+        },
     )
 }
 
 /// The same for NodePorts (keyed by protocol and node port: the destination is a node).
-pub fn nodeport_lb(n: usize) -> (String, String) {
+pub fn nodeport_lb(n: usize) -> (String, Extra) {
     (
         format!("np-lb-{n}"),
-        format!(
-            "add map inet {TABLE} np-ep-{n} {{ typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
-             add chain inet {TABLE} np-lb-{n}\n\
-             add rule inet {TABLE} np-lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to meta l4proto . th dport . numgen random mod {n} map @np-ep-{n}\n"
-        ),
+        Extra {
+            create: format!(
+                "add map inet {TABLE} np-ep-{n} {{ typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport; }}\n\
+                 add chain inet {TABLE} np-lb-{n}\n\
+                 add rule inet {TABLE} np-lb-{n} meta l4proto {{ tcp, udp, sctp }} dnat ip to meta l4proto . th dport . numgen random mod {n} map @np-ep-{n}\n"
+            ),
+            delete: format!("delete chain inet {TABLE} np-lb-{n}\ndelete map inet {TABLE} np-ep-{n}\n"),
+        },
     )
+}
+
+/// ClientIP session affinity for one Service port (kube-proxy's design, used only for
+/// Services that ask for it): a set per endpoint remembers which clients it served for
+/// `timeout` seconds; a known client goes back to its endpoint, a new one is placed at
+/// random and remembered. Named by a hash of what it holds, so a change of endpoints
+/// makes a new chain and the old one is deleted.
+pub fn affinity(
+    id: &str,
+    endpoints: &[(std::net::Ipv4Addr, u16)],
+    timeout: u32,
+) -> (String, Extra) {
+    let chain = format!("aff-{id}");
+    let n = endpoints.len();
+    let mut create = String::new();
+    let mut delete = format!("delete chain inet {TABLE} {chain}\n");
+    for (i, (ip, port)) in endpoints.iter().enumerate() {
+        let set = format!("{chain}-{i}");
+        let _ = writeln!(create, "add set inet {TABLE} {set} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}");
+        let _ = writeln!(create, "add chain inet {TABLE} {set}");
+        let _ = writeln!(
+            create,
+            "add rule inet {TABLE} {set} update @{set} {{ ip saddr }} meta l4proto {{ tcp, udp, sctp }} dnat ip to {ip}:{port}"
+        );
+    }
+    let _ = writeln!(create, "add chain inet {TABLE} {chain}");
+    for i in 0..n {
+        let _ = writeln!(
+            create,
+            "add rule inet {TABLE} {chain} ip saddr @{chain}-{i} goto {chain}-{i}"
+        );
+    }
+    let arms: Vec<String> = (0..n).map(|i| format!("{i} : goto {chain}-{i}")).collect();
+    let _ = writeln!(
+        create,
+        "add rule inet {TABLE} {chain} numgen random mod {n} vmap {{ {} }}",
+        arms.join(", ")
+    );
+    for i in 0..n {
+        let _ = writeln!(
+            delete,
+            "delete chain inet {TABLE} {chain}-{i}\ndelete set inet {TABLE} {chain}-{i}"
+        );
+    }
+    (chain, Extra { create, delete })
 }
 
 /// Elements are sent in chunks: one huge line makes nft slow to parse.
@@ -154,9 +225,9 @@ pub fn transaction(committed: Option<&Ruleset>, want: &Ruleset) -> Option<String
     let mut out = String::new();
     match committed {
         Some(c) if c.base == want.base => {
-            for (name, def) in &want.extras {
+            for (name, extra) in &want.extras {
                 if !c.extras.contains_key(name) {
-                    out.push_str(def);
+                    out.push_str(&extra.create);
                 }
             }
             let empty = BTreeMap::new();
@@ -179,13 +250,19 @@ pub fn transaction(committed: Option<&Ruleset>, want: &Ruleset) -> Option<String
                     .collect();
                 elements(&mut out, "add", set, &new);
             }
+            // Last: extras nothing refers to any more (their elements went above).
+            for (name, extra) in &c.extras {
+                if !want.extras.contains_key(name) {
+                    out.push_str(&extra.delete);
+                }
+            }
         }
         _ => {
             // Start over: the whole table, atomically replacing whatever was there.
             let _ = writeln!(out, "add table inet {TABLE}\ndelete table inet {TABLE}");
             out.push_str(&want.base);
-            for def in want.extras.values() {
-                out.push_str(def);
+            for extra in want.extras.values() {
+                out.push_str(&extra.create);
             }
             for (set, items) in &want.elements {
                 let all: Vec<String> = items.iter().map(|(k, v)| item(k, v)).collect();
@@ -226,6 +303,14 @@ mod tests {
             assert!(b.contains(&format!(" {name} {{")), "{name}");
         }
         assert!(b.contains("type nat hook prerouting priority -100"));
+        // Same-node Service traffic is marked in forward (where br_netfilter's bridged
+        // DNAT still shows the bridge as input), never matched by iifname in postrouting.
+        assert!(b.contains(
+            "type filter hook forward priority -110; policy accept;\n\t\tiifname \"podnet0\" oifname \"podnet0\" ct state new ct status dnat meta mark set meta mark | 0x4000\n"
+        ));
+        assert!(b.contains("meta mark & 0x4000 == 0x4000 masquerade"));
+        let post = &b[b.find("chain postrouting").expect("postrouting")..];
+        assert!(!post.contains("iifname"));
         assert!(b.contains(
             "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != @nodes masquerade"
         ));
@@ -260,10 +345,46 @@ mod tests {
             format!(
                 "{}delete element inet podnet service-ips {{ 10.96.0.10 . tcp . 80 }}\n\
                  add element inet podnet service-ips {{ 10.96.0.10 . tcp . 80 : goto lb-3, 10.96.0.11 . udp . 53 : goto lb-2 }}\n",
-                cluster_lb(3).1
+                cluster_lb(3).1.create
             )
         );
         assert!(!t.contains("flush") && !t.contains("delete table"));
+    }
+
+    #[test]
+    fn extras_nothing_uses_are_deleted_after_their_elements() {
+        let before = rs(&[("service-ips", &[("10.96.0.10 . tcp . 80", "goto lb-2")])]);
+        let mut after = rs(&[]);
+        after.extras.clear();
+        let t = transaction(Some(&before), &after).expect("changes");
+        let del_el = t
+            .find("delete element inet podnet service-ips")
+            .expect("element deleted");
+        let del_chain = t
+            .find("delete chain inet podnet lb-2")
+            .expect("chain deleted");
+        assert!(del_el < del_chain, "{t}");
+    }
+
+    #[test]
+    fn affinity_remembers_clients_per_endpoint() {
+        let eps = [
+            ("10.244.1.2".parse().expect("ip"), 8080),
+            ("10.244.2.2".parse().expect("ip"), 8080),
+        ];
+        let (name, extra) = affinity("abc", &eps, 10800);
+        assert_eq!(name, "aff-abc");
+        assert!(extra.create.contains("add set inet podnet aff-abc-0 { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }"));
+        assert!(extra
+            .create
+            .contains("add rule inet podnet aff-abc ip saddr @aff-abc-1 goto aff-abc-1"));
+        assert!(extra.create.contains("update @aff-abc-0 { ip saddr } meta l4proto { tcp, udp, sctp } dnat ip to 10.244.1.2:8080"));
+        assert!(extra
+            .create
+            .contains("numgen random mod 2 vmap { 0 : goto aff-abc-0, 1 : goto aff-abc-1 }"));
+        assert!(extra
+            .delete
+            .starts_with("delete chain inet podnet aff-abc\n"));
     }
 
     #[test]

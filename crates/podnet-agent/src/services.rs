@@ -79,6 +79,20 @@ pub fn stale_udp(before: &Served, after: &Served) -> Vec<StaleUdp> {
     out
 }
 
+/// Kubernetes' default ClientIP affinity timeout: three hours.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+/// A short name for an affinity chain: a hash of its frontend, endpoints and timeout.
+fn affinity_id(frontend: &str, eps: &[(Ipv4Addr, u16)], timeout: u32) -> String {
+    let text = format!("{frontend}|{eps:?}|{timeout}");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:012x}", h >> 16)
+}
+
 struct Ep {
     ip: Ipv4Addr,
     port: u16,
@@ -209,8 +223,36 @@ pub fn ruleset(
             let frontend = format!("{cip} . {proto} . {port}");
             insert(&mut r, "service-ports", frontend.clone(), String::new());
             let cluster = pick(local_only(spec.internal_traffic_policy.as_deref()));
+            let affinity_timeout =
+                (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                    spec.session_affinity_config
+                        .as_ref()
+                        .and_then(|c| c.client_ip.as_ref())
+                        .and_then(|c| c.timeout_seconds)
+                        .and_then(|t| u32::try_from(t).ok())
+                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+                });
             if cluster.is_empty() {
                 insert(&mut r, "no-endpoints", frontend.clone(), String::new());
+            } else if let Some(timeout) = affinity_timeout {
+                let eps: Vec<(Ipv4Addr, u16)> = cluster.iter().map(|e| (e.ip, e.port)).collect();
+                let (chain, extra) =
+                    ruleset::affinity(&affinity_id(&frontend, &eps, timeout), &eps, timeout);
+                r.extras.insert(chain.clone(), extra);
+                insert(
+                    &mut r,
+                    "service-ips",
+                    frontend.clone(),
+                    format!("goto {chain}"),
+                );
+                served.endpoints.insert(
+                    Frontend {
+                        ip: cip,
+                        protocol: proto.clone(),
+                        port,
+                    },
+                    cluster.iter().copied().collect(),
+                );
             } else {
                 let (chain, def) = ruleset::cluster_lb(cluster.len());
                 r.extras.insert(chain.clone(), def);

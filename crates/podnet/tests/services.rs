@@ -493,3 +493,48 @@ fn a_udp_client_keeping_its_socket_follows_its_endpoint() {
     let tail_ok = attempts.iter().rev().take(5).all(|a| a["ok"] == true);
     assert!(tail_ok, "the client's last datagrams went unanswered: {v}");
 }
+
+#[test]
+fn client_ip_affinity_sticks() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(&app(3, "sessionAffinity: ClientIP", "node-1"));
+    lab.wait_ready("deployment/web", "30s");
+    lab.wait_ready("pod/client", "30s");
+    let ip = cluster_ip(&lab, "web");
+    assert!(
+        eventually(Duration::from_secs(5), || (lab.slice_ips("web").len() == 3)
+            .then_some(()))
+        .is_some()
+    );
+    let stuck = eventually(Duration::from_secs(5), || {
+        let (seen, failed) = answers(
+            &lab,
+            "client",
+            &["get", &format!("http://{ip}/hostname"), "-c", "15"],
+        );
+        (seen.len() == 1 && failed == 0).then_some(seen)
+    });
+    assert!(
+        stuck.is_some(),
+        "15 requests from one client did not all reach one pod: {:?}",
+        answers(
+            &lab,
+            "client",
+            &["get", &format!("http://{ip}/hostname"), "-c", "15"]
+        )
+    );
+    // Without affinity, the same client is spread.
+    lab.apply(&app(3, "sessionAffinity: None", "node-1"));
+    let spread = eventually(Duration::from_secs(5), || {
+        let (seen, _) = answers(
+            &lab,
+            "client",
+            &["get", &format!("http://{ip}/hostname"), "-c", "20"],
+        );
+        (seen.len() > 1).then_some(())
+    });
+    assert!(
+        spread.is_some(),
+        "turning affinity off did not spread the client again"
+    );
+}
