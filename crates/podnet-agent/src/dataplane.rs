@@ -11,7 +11,7 @@ use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
 use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
-use crate::ruleset::{self, Ruleset};
+use crate::ruleset::{self, Tracked};
 use crate::services::StaleUdp;
 use podnet_kernel::conntrack::{Conntrack, Flow, PROTO_UDP};
 
@@ -34,8 +34,8 @@ pub enum DataplaneError {
 pub struct Dataplane {
     nl: Netlink,
     conntrack: Conntrack,
-    /// What was last committed to nftables.
-    nft_committed: Option<Ruleset>,
+    /// Whether podnet's table has been written once (so it can have vanished).
+    nft_synced: bool,
 }
 
 impl Dataplane {
@@ -43,7 +43,7 @@ impl Dataplane {
         Ok(Dataplane {
             nl: Netlink::open()?,
             conntrack: Conntrack::open().map_err(|e| DataplaneError::Underlay(e.to_string()))?,
-            nft_committed: None,
+            nft_synced: false,
         })
     }
 
@@ -259,11 +259,15 @@ impl Dataplane {
         Ok(Some(link.index))
     }
 
-    /// Brings podnet's table to `want`: element changes only, from the in-memory copy of
-    /// what was committed; the whole table at start, after a failed sync, or if the table
-    /// vanished (`check_table` looks, cheaply, for that). Returns how many commands it sent.
-    pub fn sync_nft(&mut self, want: &Ruleset, check_table: bool) -> Result<usize, DataplaneError> {
-        if check_table && self.nft_committed.is_some() {
+    /// Commits what changed in `table` since its last commit, as one transaction; the
+    /// whole table at start, after a failed sync, or if the table vanished (`check_table`
+    /// looks for that, cheaply). Returns how many commands it sent.
+    pub fn sync_nft(
+        &mut self,
+        table: &mut Tracked,
+        check_table: bool,
+    ) -> Result<usize, DataplaneError> {
+        if check_table && self.nft_synced {
             let exists =
                 nft::table_exists("inet", ruleset::TABLE).map_err(|source| DataplaneError::Io {
                     what: "list nftables tables".into(),
@@ -271,20 +275,26 @@ impl Dataplane {
                 })?;
             if !exists {
                 tracing::warn!("podnet's nftables table is gone; writing it again");
-                self.nft_committed = None;
+                table.failed();
             }
         }
-        let Some(script) = ruleset::transaction(self.nft_committed.as_ref(), want) else {
+        let Some(script) = table.transaction() else {
             return Ok(0);
         };
-        // Unknown until it succeeds: a failed transaction leads to a full sync next time.
-        self.nft_committed = None;
-        nft::apply(&script).map_err(|source| DataplaneError::Io {
-            what: "apply nftables".into(),
-            source,
-        })?;
-        self.nft_committed = Some(want.clone());
-        Ok(script.lines().count())
+        match nft::apply(&script) {
+            Ok(()) => {
+                table.committed();
+                self.nft_synced = true;
+                Ok(script.lines().count())
+            }
+            Err(source) => {
+                table.failed();
+                Err(DataplaneError::Io {
+                    what: "apply nftables".into(),
+                    source,
+                })
+            }
+        }
     }
 }
 

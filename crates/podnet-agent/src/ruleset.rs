@@ -8,7 +8,7 @@
 //! creates an extra when a new endpoint count appears): no rule or chain is rewritten,
 //! nothing is flushed, and the kernel never re-validates the whole table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use ipnet::Ipv4Net;
@@ -273,6 +273,131 @@ pub fn transaction(committed: Option<&Ruleset>, want: &Ruleset) -> Option<String
     (!out.is_empty()).then_some(out)
 }
 
+/// The table as the agent keeps it: what it wants now, and what changed since the last
+/// commit, so a transaction costs what changed, not the size of the table.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    want: Ruleset,
+    /// (set, key) → its committed value (`None`: absent), for elements touched since.
+    touched: HashMap<(String, String), Option<String>>,
+    /// Extras touched since the commit, with whether they were committed.
+    touched_extras: HashMap<String, bool>,
+    /// Extras removed since the commit: their delete commands are still needed.
+    deleted_extras: HashMap<String, Extra>,
+    /// The next transaction rewrites the whole table (at start, after a failure).
+    full: bool,
+}
+
+impl Tracked {
+    pub fn new(base: String) -> Tracked {
+        Tracked {
+            want: Ruleset {
+                base,
+                ..Ruleset::default()
+            },
+            touched: HashMap::new(),
+            touched_extras: HashMap::new(),
+            deleted_extras: HashMap::new(),
+            full: true,
+        }
+    }
+
+    pub fn want(&self) -> &Ruleset {
+        &self.want
+    }
+
+    /// Declares an (empty) set or map, so full syncs list it.
+    pub fn declare(&mut self, set: &str) {
+        self.want.elements.entry(set.to_string()).or_default();
+    }
+
+    /// Sets (`Some`) or removes (`None`) one element.
+    pub fn element(&mut self, set: &str, key: &str, value: Option<String>) {
+        let elems = self.want.elements.entry(set.to_string()).or_default();
+        let before = match &value {
+            Some(v) => elems.insert(key.to_string(), v.clone()),
+            None => elems.remove(key),
+        };
+        self.touched
+            .entry((set.to_string(), key.to_string()))
+            .or_insert(before);
+    }
+
+    /// Creates (`Some`) or deletes (`None`) an extra.
+    pub fn extra(&mut self, name: &str, value: Option<Extra>) {
+        let before = match value {
+            Some(e) => self.want.extras.insert(name.to_string(), e),
+            None => self.want.extras.remove(name),
+        };
+        let was = self
+            .touched_extras
+            .get(name)
+            .copied()
+            .unwrap_or(before.is_some());
+        self.touched_extras.insert(name.to_string(), was);
+        if let (true, Some(old)) = (was, before) {
+            self.deleted_extras.insert(name.to_string(), old);
+        }
+    }
+
+    /// The transaction to commit, if any.
+    pub fn transaction(&self) -> Option<String> {
+        if self.full {
+            return transaction(None, &self.want);
+        }
+        let mut out = String::new();
+        let mut gone_extras = Vec::new();
+        for (name, was) in &self.touched_extras {
+            match (self.want.extras.get(name), was) {
+                (Some(e), false) => out.push_str(&e.create),
+                (None, true) => gone_extras.push(name),
+                _ => {}
+            }
+        }
+        let mut deletes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut adds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for ((set, key), was) in &self.touched {
+            let now = self.want.elements.get(set).and_then(|e| e.get(key));
+            if now == was.as_ref() {
+                continue;
+            }
+            if was.is_some() {
+                deletes.entry(set).or_default().push(key.clone());
+            }
+            if let Some(v) = now {
+                adds.entry(set).or_default().push(item(key, v));
+            }
+        }
+        for (set, items) in &deletes {
+            elements(&mut out, "delete", set, items);
+        }
+        for (set, items) in &adds {
+            elements(&mut out, "add", set, items);
+        }
+        for name in gone_extras {
+            if let Some(e) = self.deleted_extras.get(name) {
+                out.push_str(&e.delete);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The last transaction is in the kernel.
+    pub fn committed(&mut self) {
+        // New maps rather than clear(): iterating a cleared map still walks its old
+        // capacity, which after a full sync is the size of the whole table.
+        self.touched = HashMap::new();
+        self.touched_extras = HashMap::new();
+        self.deleted_extras = HashMap::new();
+        self.full = false;
+    }
+
+    /// The last transaction failed, or the table vanished: rewrite it all next time.
+    pub fn failed(&mut self) {
+        self.full = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +510,50 @@ mod tests {
         assert!(extra
             .delete
             .starts_with("delete chain inet podnet aff-abc\n"));
+    }
+
+    #[test]
+    fn tracked_changes_give_the_same_transaction_as_a_full_diff() {
+        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), "podnet0"));
+        t.declare("service-ips");
+        let (lb2, e2) = cluster_lb(2);
+        t.extra(&lb2, Some(e2));
+        t.element(
+            "service-ips",
+            "10.96.0.10 . tcp . 80",
+            Some("goto lb-2".into()),
+        );
+        assert!(t
+            .transaction()
+            .expect("full")
+            .contains("delete table inet podnet"));
+        t.committed();
+        assert_eq!(t.transaction(), None);
+        let before = t.want().clone();
+        let (lb3, e3) = cluster_lb(3);
+        t.extra(&lb3, Some(e3));
+        t.element(
+            "service-ips",
+            "10.96.0.10 . tcp . 80",
+            Some("goto lb-3".into()),
+        );
+        t.extra(&lb2, None);
+        let incremental = t.transaction().expect("changes");
+        assert_eq!(Some(incremental), transaction(Some(&before), t.want()));
+        // Touching and restoring is no change at all.
+        t.committed();
+        t.element("service-ips", "10.96.0.10 . tcp . 80", None);
+        t.element(
+            "service-ips",
+            "10.96.0.10 . tcp . 80",
+            Some("goto lb-3".into()),
+        );
+        assert_eq!(t.transaction(), None);
+        t.failed();
+        assert!(t
+            .transaction()
+            .expect("full")
+            .contains("delete table inet podnet"));
     }
 
     #[test]

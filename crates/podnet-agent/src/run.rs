@@ -1,7 +1,7 @@
 //! The agent's loop: on every change of the cluster view, and every second to repair
 //! drift, decide (pure) and apply only the difference.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,8 +13,9 @@ use podnet_kernel::netlink::format_mac;
 use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::plan::{self, Backend, NodeInfo, VTEP_MAC_ANNOTATION};
-use crate::services;
+use crate::services::{self, ServiceProxy};
 use crate::source::Source;
+use crate::source::{Dirty, Key};
 
 /// The annotation where the agent says which peers it cannot route to, and why.
 pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
@@ -58,7 +59,10 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
     let mut warned_missing = false;
     let mut published_routing = false;
-    let mut last_served = services::Served::default();
+    let mut proxy = ServiceProxy::new(config.cluster_cidr, &config.bridge);
+    // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
+    let mut pending = Dirty::default();
+    let mut stale = Vec::new();
     loop {
         let changed = match source.wait(RESYNC) {
             Ok(c) => {
@@ -74,6 +78,9 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 continue;
             }
         };
+        let dirty = source.take_dirty();
+        pending.all |= dirty.all;
+        pending.services.extend(dirty.services);
         let view = source.view();
         let Some(me) = view.nodes.get(&config.node).and_then(NodeInfo::from_node) else {
             if !warned_missing {
@@ -89,18 +96,27 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             .filter_map(NodeInfo::from_node)
             .collect();
         let node_ips: Vec<_> = peers.iter().map(|p| p.ip).collect();
-        let (rules, served) = {
-            let services: Vec<_> = view.services.values().collect();
-            let slices: Vec<_> = view.slices.values().collect();
-            services::ruleset(
-                config.cluster_cidr,
-                &config.bridge,
-                &node_ips,
-                &config.node,
-                &services,
-                &slices,
-            )
+        // Services: only those whose inputs changed are decided again.
+        proxy.set_nodes(&node_ips);
+        let keys: Vec<Key> = if pending.all {
+            view.services
+                .keys()
+                .chain(proxy.services())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            pending.services.iter().cloned().collect()
         };
+        pending = Dirty::default();
+        for key in keys {
+            let c = view
+                .services
+                .get(&key)
+                .map(|svc| services::contribution(svc, &view.slices_of(&key), &config.node));
+            stale.extend(proxy.set_service(key, c));
+        }
         if matches!(config.backend, Backend::Vxlan { .. }) {
             let mac = format_mac(&plan::vtep_mac(me.ip));
             let published = view
@@ -148,7 +164,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         }
         let result = dp.sync(&desired, &underlay).and_then(|mut c| {
             let started = Instant::now();
-            let commands = dp.sync_nft(&rules, check_nft)?;
+            let commands = dp.sync_nft(&mut proxy.table, check_nft)?;
             if commands > 0 {
                 c.push(format!(
                     "nftables: {commands} commands in {:?}",
@@ -156,15 +172,13 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 ));
             }
             // Only once the new rules are in, or a flow could be recreated the old way.
-            let forgotten = dp.forget_udp(&services::stale_udp(&last_served, &served))?;
+            let forgotten = dp.forget_udp(&stale)?;
+            stale.clear();
             if forgotten > 0 {
                 c.push(format!("forgot {forgotten} stale UDP conntrack entries"));
             }
             Ok(c)
         });
-        if result.is_ok() {
-            last_served = served;
-        }
         match result {
             Ok(changes) if changes.is_empty() => {}
             Ok(changes) if changed || written.is_none() => {

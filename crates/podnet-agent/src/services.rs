@@ -16,7 +16,9 @@ use podnet_model::k8s_openapi::api::core::v1::Service;
 use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
 use podnet_model::objects::SERVICE_NAME_LABEL;
 
-use crate::ruleset::{self, Ruleset};
+use std::collections::HashMap;
+
+use crate::ruleset::{self, Extra, Ruleset, Tracked};
 
 /// Where traffic for one Service port goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,11 +158,148 @@ fn endpoints_by_port(
     out
 }
 
-fn insert(r: &mut Ruleset, set: &str, k: String, v: String) {
-    r.elements.entry(set.to_string()).or_default().insert(k, v);
+/// What one Service adds to the table: its elements, the extras it needs, and what it
+/// serves. Depends only on the Service, its slices and this node's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    /// (set or map, key, value).
+    pub elements: Vec<(String, String, String)>,
+    pub extras: Vec<(String, Extra)>,
+    pub served: Vec<(Frontend, BTreeSet<Endpoint>)>,
 }
 
-/// The whole table for this node: masquerade for `nodes`, and every Service.
+impl Contribution {
+    fn add(&mut self, set: &str, k: String, v: String) {
+        self.elements.push((set.to_string(), k, v));
+    }
+}
+
+/// One Service's contribution. `slices` are its own EndpointSlices.
+pub fn contribution(svc: &Service, slices: &[&EndpointSlice], me: &str) -> Contribution {
+    let mut c = Contribution::default();
+    let eps = endpoints_by_port(slices);
+    let Some(spec) = &svc.spec else {
+        return c;
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    // Headless Services and ExternalNames are not proxied.
+    let Some(cip) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return c;
+    };
+    if ty == "ExternalName" {
+        return c;
+    }
+    c.add("cluster-ips", cip.to_string(), String::new());
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let local_only = |policy: Option<&str>| policy == Some("Local");
+    for p in spec.ports.iter().flatten() {
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let proto = protocol(p.protocol.as_deref());
+        let key = (
+            ns.clone(),
+            name.clone(),
+            p.name.clone().unwrap_or_default(),
+            proto.clone(),
+        );
+        let all: &[Ep] = eps.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let pick = |local: bool| -> Vec<Endpoint> {
+            all.iter()
+                .filter(|e| !local || e.node.as_deref() == Some(me))
+                .map(|e| Endpoint {
+                    ip: e.ip,
+                    port: e.port,
+                })
+                .collect()
+        };
+        let frontend = format!("{cip} . {proto} . {port}");
+        c.add("service-ports", frontend.clone(), String::new());
+        let cluster = pick(local_only(spec.internal_traffic_policy.as_deref()));
+        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        if cluster.is_empty() {
+            c.add("no-endpoints", frontend.clone(), String::new());
+        } else if let Some(timeout) = affinity_timeout {
+            let eps: Vec<(Ipv4Addr, u16)> = cluster.iter().map(|e| (e.ip, e.port)).collect();
+            let (chain, extra) =
+                ruleset::affinity(&affinity_id(&frontend, &eps, timeout), &eps, timeout);
+            c.extras.push((chain.clone(), extra));
+            c.add("service-ips", frontend.clone(), format!("goto {chain}"));
+            c.served.push((
+                Frontend {
+                    ip: cip,
+                    protocol: proto.clone(),
+                    port,
+                },
+                cluster.iter().copied().collect(),
+            ));
+        } else {
+            let (chain, def) = ruleset::cluster_lb(cluster.len());
+            c.extras.push((chain.clone(), def));
+            c.add("service-ips", frontend.clone(), format!("goto {chain}"));
+            for (i, e) in cluster.iter().enumerate() {
+                c.add(
+                    &format!("ep-{}", cluster.len()),
+                    format!("{frontend} . {i}"),
+                    format!("{} . {}", e.ip, e.port),
+                );
+            }
+            c.served.push((
+                Frontend {
+                    ip: cip,
+                    protocol: proto.clone(),
+                    port,
+                },
+                cluster.iter().copied().collect(),
+            ));
+        }
+        let Some(np) = p
+            .node_port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|_| ty == "NodePort")
+        else {
+            continue;
+        };
+        let np_key = format!("{proto} . {np}");
+        let external_local = local_only(spec.external_traffic_policy.as_deref());
+        let external = pick(external_local);
+        if external.is_empty() {
+            c.add("nodeport-no-endpoints", np_key, String::new());
+            continue;
+        }
+        if !external_local {
+            // Replies must come back through this node: masquerade.
+            c.add("nodeport-masquerade", np_key.clone(), String::new());
+        }
+        let (chain, def) = ruleset::nodeport_lb(external.len());
+        c.extras.push((chain.clone(), def));
+        c.add("service-nodeports", np_key.clone(), format!("goto {chain}"));
+        for (i, e) in external.iter().enumerate() {
+            c.add(
+                &format!("np-ep-{}", external.len()),
+                format!("{np_key} . {i}"),
+                format!("{} . {}", e.ip, e.port),
+            );
+        }
+    }
+    c
+}
+
+/// The whole table for this node at once: masquerade for `node_ips`, and every Service.
+/// (The agent keeps it up to date incrementally with [`ServiceProxy`]; this is the same
+/// decision made from scratch.)
 pub fn ruleset(
     cluster_cidr: Ipv4Net,
     bridge: &str,
@@ -169,153 +308,139 @@ pub fn ruleset(
     services: &[&Service],
     slices: &[&EndpointSlice],
 ) -> (Ruleset, Served) {
-    let mut r = Ruleset {
-        base: ruleset::base(cluster_cidr, bridge),
-        ..Ruleset::default()
-    };
-    for (set, _) in ruleset::SETS {
-        r.elements.insert(set.to_string(), BTreeMap::new());
+    let mut proxy = ServiceProxy::new(cluster_cidr, bridge);
+    proxy.set_nodes(node_ips);
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            by_service
+                .entry((
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    svc.clone(),
+                ))
+                .or_default()
+                .push(s);
+        }
     }
-    for ip in node_ips {
-        insert(&mut r, "nodes", ip.to_string(), String::new());
-    }
-    let mut served = Served::default();
-    let eps = endpoints_by_port(slices);
     for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        // Headless Services and ExternalNames are not proxied.
-        let Some(cip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        else {
-            continue;
-        };
-        if ty == "ExternalName" {
-            continue;
+        let key = (
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        proxy.set_service(key, Some(contribution(svc, mine, me)));
+    }
+    (proxy.table.want().clone(), proxy.served.clone())
+}
+
+/// The service proxy's state: every Service's contribution, kept so that a change of one
+/// Service costs the same whatever the number of others.
+pub struct ServiceProxy {
+    contributions: HashMap<(String, String), Contribution>,
+    /// Extras shared between Services (the load-balancing chains), with their users.
+    extra_users: HashMap<String, usize>,
+    nodes: BTreeSet<Ipv4Addr>,
+    pub served: Served,
+    pub table: Tracked,
+}
+
+impl ServiceProxy {
+    pub fn new(cluster_cidr: Ipv4Net, bridge: &str) -> ServiceProxy {
+        let mut table = Tracked::new(ruleset::base(cluster_cidr, bridge));
+        for (set, _) in ruleset::SETS {
+            table.declare(set);
         }
-        insert(&mut r, "cluster-ips", cip.to_string(), String::new());
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let local_only = |policy: Option<&str>| policy == Some("Local");
-        for p in spec.ports.iter().flatten() {
-            let Ok(port) = u16::try_from(p.port) else {
-                continue;
-            };
-            let proto = protocol(p.protocol.as_deref());
-            let key = (
-                ns.clone(),
-                name.clone(),
-                p.name.clone().unwrap_or_default(),
-                proto.clone(),
-            );
-            let all: &[Ep] = eps.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let pick = |local: bool| -> Vec<Endpoint> {
-                all.iter()
-                    .filter(|e| !local || e.node.as_deref() == Some(me))
-                    .map(|e| Endpoint {
-                        ip: e.ip,
-                        port: e.port,
-                    })
-                    .collect()
-            };
-            let frontend = format!("{cip} . {proto} . {port}");
-            insert(&mut r, "service-ports", frontend.clone(), String::new());
-            let cluster = pick(local_only(spec.internal_traffic_policy.as_deref()));
-            let affinity_timeout =
-                (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-                    spec.session_affinity_config
-                        .as_ref()
-                        .and_then(|c| c.client_ip.as_ref())
-                        .and_then(|c| c.timeout_seconds)
-                        .and_then(|t| u32::try_from(t).ok())
-                        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-                });
-            if cluster.is_empty() {
-                insert(&mut r, "no-endpoints", frontend.clone(), String::new());
-            } else if let Some(timeout) = affinity_timeout {
-                let eps: Vec<(Ipv4Addr, u16)> = cluster.iter().map(|e| (e.ip, e.port)).collect();
-                let (chain, extra) =
-                    ruleset::affinity(&affinity_id(&frontend, &eps, timeout), &eps, timeout);
-                r.extras.insert(chain.clone(), extra);
-                insert(
-                    &mut r,
-                    "service-ips",
-                    frontend.clone(),
-                    format!("goto {chain}"),
-                );
-                served.endpoints.insert(
-                    Frontend {
-                        ip: cip,
-                        protocol: proto.clone(),
-                        port,
-                    },
-                    cluster.iter().copied().collect(),
-                );
-            } else {
-                let (chain, def) = ruleset::cluster_lb(cluster.len());
-                r.extras.insert(chain.clone(), def);
-                insert(
-                    &mut r,
-                    "service-ips",
-                    frontend.clone(),
-                    format!("goto {chain}"),
-                );
-                for (i, e) in cluster.iter().enumerate() {
-                    insert(
-                        &mut r,
-                        &format!("ep-{}", cluster.len()),
-                        format!("{frontend} . {i}"),
-                        format!("{} . {}", e.ip, e.port),
-                    );
-                }
-                served.endpoints.insert(
-                    Frontend {
-                        ip: cip,
-                        protocol: proto.clone(),
-                        port,
-                    },
-                    cluster.iter().copied().collect(),
-                );
-            }
-            let Some(np) = p
-                .node_port
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|_| ty == "NodePort")
-            else {
-                continue;
-            };
-            let np_key = format!("{proto} . {np}");
-            let external_local = local_only(spec.external_traffic_policy.as_deref());
-            let external = pick(external_local);
-            if external.is_empty() {
-                insert(&mut r, "nodeport-no-endpoints", np_key, String::new());
-                continue;
-            }
-            if !external_local {
-                // Replies must come back through this node: masquerade.
-                insert(&mut r, "nodeport-masquerade", np_key.clone(), String::new());
-            }
-            let (chain, def) = ruleset::nodeport_lb(external.len());
-            r.extras.insert(chain.clone(), def);
-            insert(
-                &mut r,
-                "service-nodeports",
-                np_key.clone(),
-                format!("goto {chain}"),
-            );
-            for (i, e) in external.iter().enumerate() {
-                insert(
-                    &mut r,
-                    &format!("np-ep-{}", external.len()),
-                    format!("{np_key} . {i}"),
-                    format!("{} . {}", e.ip, e.port),
-                );
-            }
+        ServiceProxy {
+            contributions: HashMap::new(),
+            extra_users: HashMap::new(),
+            nodes: BTreeSet::new(),
+            served: Served::default(),
+            table,
         }
     }
-    (r, served)
+
+    /// The nodes whose addresses traffic from pods keeps (not masqueraded).
+    pub fn set_nodes(&mut self, ips: &[Ipv4Addr]) {
+        let want: BTreeSet<Ipv4Addr> = ips.iter().copied().collect();
+        for gone in self.nodes.difference(&want) {
+            self.table.element("nodes", &gone.to_string(), None);
+        }
+        for new in want.difference(&self.nodes) {
+            self.table
+                .element("nodes", &new.to_string(), Some(String::new()));
+        }
+        self.nodes = want;
+    }
+
+    /// Replaces one Service's contribution (`None`: the Service is gone); returns the UDP
+    /// conntrack entries that became stale.
+    pub fn set_service(
+        &mut self,
+        key: (String, String),
+        new: Option<Contribution>,
+    ) -> Vec<StaleUdp> {
+        let old = self.contributions.remove(&key).unwrap_or_default();
+        let new = new.unwrap_or_default();
+        if old == new {
+            if !new.elements.is_empty() || !new.extras.is_empty() || !new.served.is_empty() {
+                self.contributions.insert(key, new);
+            }
+            return Vec::new();
+        }
+        let new_keys: BTreeSet<(&str, &str)> = new
+            .elements
+            .iter()
+            .map(|(s, k, _)| (s.as_str(), k.as_str()))
+            .collect();
+        for (set, k, _) in &old.elements {
+            if !new_keys.contains(&(set.as_str(), k.as_str())) {
+                self.table.element(set, k, None);
+            }
+        }
+        for (set, k, v) in &new.elements {
+            self.table.element(set, k, Some(v.clone()));
+        }
+        for (name, extra) in &new.extras {
+            let users = self.extra_users.entry(name.clone()).or_default();
+            *users += 1;
+            if *users == 1 {
+                self.table.extra(name, Some(extra.clone()));
+            }
+        }
+        for (name, _) in &old.extras {
+            if let Some(users) = self.extra_users.get_mut(name) {
+                *users -= 1;
+                if *users == 0 {
+                    self.extra_users.remove(name);
+                    self.table.extra(name, None);
+                }
+            }
+        }
+        let before = Served {
+            endpoints: old.served.iter().cloned().collect(),
+        };
+        let after = Served {
+            endpoints: new.served.iter().cloned().collect(),
+        };
+        for (f, _) in &old.served {
+            self.served.endpoints.remove(f);
+        }
+        self.served.endpoints.extend(new.served.iter().cloned());
+        if !new.elements.is_empty() || !new.extras.is_empty() || !new.served.is_empty() {
+            self.contributions.insert(key, new);
+        }
+        stale_udp(&before, &after)
+    }
+
+    /// Every Service key the proxy holds.
+    pub fn services(&self) -> impl Iterator<Item = &(String, String)> {
+        self.contributions.keys()
+    }
 }
 
 #[cfg(test)]

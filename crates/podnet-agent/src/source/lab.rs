@@ -8,7 +8,7 @@ use podnet_lab::api::WatchEvent;
 use podnet_lab::{Client, Layout};
 use podnet_model::{Kind, Object};
 
-use super::{ClusterView, Source, SourceError};
+use super::{ClusterView, Dirty, Source, SourceError};
 
 const KINDS: [Kind; 3] = [Kind::Node, Kind::Service, Kind::EndpointSlice];
 /// After the first event of a burst, wait this long for more before acting.
@@ -39,6 +39,10 @@ impl LabSource {
         for o in objects {
             self.apply(o, false);
         }
+        self.view.dirty = Dirty {
+            all: true,
+            services: Default::default(),
+        };
         let mut watch = self
             .client
             .watch(&KINDS, rv)
@@ -63,10 +67,8 @@ impl LabSource {
         match o {
             Object::Node(_) if deleted => drop(self.view.nodes.remove(&key.1)),
             Object::Node(n) => drop(self.view.nodes.insert(key.1, n)),
-            Object::Service(_) if deleted => drop(self.view.services.remove(&key)),
-            Object::Service(s) => drop(self.view.services.insert(key, s)),
-            Object::EndpointSlice(_) if deleted => drop(self.view.slices.remove(&key)),
-            Object::EndpointSlice(e) => drop(self.view.slices.insert(key, e)),
+            Object::Service(s) => self.view.put_service(key, (!deleted).then_some(s)),
+            Object::EndpointSlice(e) => self.view.put_slice(key, (!deleted).then_some(e)),
             _ => {}
         }
     }
@@ -116,6 +118,10 @@ impl Source for LabSource {
 
     fn view(&self) -> &ClusterView {
         &self.view
+    }
+
+    fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.view.dirty)
     }
 
     fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError> {

@@ -4,18 +4,84 @@
 
 pub mod lab;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
 use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
+use podnet_model::objects::SERVICE_NAME_LABEL;
 
-/// What the agent knows of the cluster. Namespaced objects are keyed by (namespace, name).
+/// (namespace, name) of a namespaced object.
+pub type Key = (String, String);
+
+/// What the agent knows of the cluster.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
     pub nodes: BTreeMap<String, Node>,
-    pub services: BTreeMap<(String, String), Service>,
-    pub slices: BTreeMap<(String, String), EndpointSlice>,
+    pub services: BTreeMap<Key, Service>,
+    pub slices: BTreeMap<Key, EndpointSlice>,
+    /// Slice names by the Service they belong to (their `kubernetes.io/service-name`).
+    pub slices_by_service: BTreeMap<Key, BTreeSet<String>>,
+    /// Services whose inputs changed since the agent last looked; all of them after a
+    /// (re)list.
+    pub dirty: Dirty,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub all: bool,
+    pub services: BTreeSet<Key>,
+}
+
+impl ClusterView {
+    /// A Service's own EndpointSlices.
+    pub fn slices_of(&self, svc: &Key) -> Vec<&EndpointSlice> {
+        self.slices_by_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.get(&(svc.0.clone(), name.clone())))
+            .collect()
+    }
+
+    fn service_of(slice: &EndpointSlice) -> Option<Key> {
+        let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        Some((
+            slice.metadata.namespace.clone().unwrap_or_default(),
+            svc.clone(),
+        ))
+    }
+
+    /// Records a Service (or its removal).
+    pub fn put_service(&mut self, key: Key, svc: Option<Service>) {
+        match svc {
+            Some(s) => drop(self.services.insert(key.clone(), s)),
+            None => drop(self.services.remove(&key)),
+        }
+        self.dirty.services.insert(key);
+    }
+
+    /// Records an EndpointSlice (or its removal), marking the Services it leaves and joins.
+    pub fn put_slice(&mut self, key: Key, slice: Option<EndpointSlice>) {
+        if let Some(old) = self.slices.remove(&key) {
+            if let Some(svc) = Self::service_of(&old) {
+                if let Some(names) = self.slices_by_service.get_mut(&svc) {
+                    names.remove(&key.1);
+                }
+                self.dirty.services.insert(svc);
+            }
+        }
+        if let Some(new) = slice {
+            if let Some(svc) = Self::service_of(&new) {
+                self.slices_by_service
+                    .entry(svc.clone())
+                    .or_default()
+                    .insert(key.1.clone());
+                self.dirty.services.insert(svc);
+            }
+            self.slices.insert(key, new);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +95,9 @@ pub trait Source {
     fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError>;
 
     fn view(&self) -> &ClusterView;
+
+    /// Takes the record of what changed since the last call.
+    fn take_dirty(&mut self) -> Dirty;
 
     /// Publishes something peers need on this node's object (an annotation).
     fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError>;

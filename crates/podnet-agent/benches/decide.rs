@@ -1,0 +1,100 @@
+//! How long the agent takes to decide the Service rules (pure part, no kernel): the full
+//! table for N Services × 10 endpoints, and the transaction after one endpoint changes.
+//! `cargo bench -p podnet-agent --bench decide`
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use podnet_agent::services::{contribution, ServiceProxy};
+use podnet_model::k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use podnet_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn world(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut svcs = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..n {
+        let name = format!("s{i}");
+        svcs.push(Service {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(format!("10.96.{}.{}", i / 250, i % 250 + 1)),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        });
+        slices.push(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-1")),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/service-name".to_string(),
+                    name,
+                )])),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: (0..10)
+                .map(|j| Endpoint {
+                    addresses: vec![format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)],
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![EndpointPort {
+                port: Some(8080),
+                ..Default::default()
+            }]),
+        });
+    }
+    (svcs, slices)
+}
+
+fn main() {
+    for n in [100usize, 10_000] {
+        let (svcs, mut slices) = world(n);
+        let cidr = "10.244.0.0/16".parse().expect("net");
+        let nodes = ["172.18.0.11".parse().expect("ip")];
+        let key = |i: usize| ("default".to_string(), format!("s{i}"));
+        let mut proxy = ServiceProxy::new(cidr, "podnet0");
+        proxy.set_nodes(&nodes);
+        let t = Instant::now();
+        for (i, svc) in svcs.iter().enumerate() {
+            proxy.set_service(key(i), Some(contribution(svc, &[&slices[i]], "node-1")));
+        }
+        let decide_full = t.elapsed();
+        let t = Instant::now();
+        let script = proxy.table.transaction().unwrap_or_default();
+        proxy.table.committed();
+        let render_full = t.elapsed();
+        // The first changes after a full sync pay for the allocator tidying up after it;
+        // measure the steady state, as the agent lives it.
+        for j in 0..4 {
+            slices[j].endpoints[1].addresses = vec!["10.250.0.2".into()];
+            let c = contribution(&svcs[j], &[&slices[j]], "node-1");
+            proxy.set_service(key(j), Some(c));
+            proxy.table.committed();
+        }
+        let i = n / 2;
+        slices[i].endpoints[3].addresses = vec!["10.250.0.1".into()];
+        let t = Instant::now();
+        proxy.set_service(
+            key(i),
+            Some(contribution(&svcs[i], &[&slices[i]], "node-1")),
+        );
+        let delta = proxy.table.transaction().unwrap_or_default();
+        let one_change = t.elapsed();
+        println!(
+            "{n:>6} services: decide {decide_full:?}, render full sync {render_full:?} ({} lines); one endpoint change decided in {one_change:?} ({} lines)",
+            script.lines().count(),
+            delta.lines().count()
+        );
+    }
+}
