@@ -1,7 +1,9 @@
 //! `podnet lab ...`: one file per verb.
 
 mod apply;
+mod check;
 mod delete;
+mod demo;
 mod down;
 mod exec;
 mod get;
@@ -9,6 +11,7 @@ mod list;
 mod logs;
 mod node;
 mod supervise;
+mod test;
 mod up;
 mod wait;
 
@@ -49,6 +52,10 @@ enum Verb {
     Down,
     /// Show the labs on this machine.
     List,
+    /// Check a running lab's network end to end: containers, pods, nodes, Services, egress.
+    Test(test::TestArgs),
+    /// Build a 3-node lab named demo, deploy an application, show it and test it.
+    Demo(demo::DemoArgs),
     /// The supervisor itself (started by `up`).
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
@@ -67,6 +74,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<u8> {
         Verb::Node(v) => node::run(&layout, v),
         Verb::Down => down::run(&layout),
         Verb::List => list::run(),
+        Verb::Test(a) => test::run(&layout, a),
+        Verb::Demo(a) => demo::run(a),
         Verb::Supervise(a) => supervise::run(&layout, a),
     }
 }
