@@ -202,14 +202,30 @@ fn schedule(s: &mut Store) {
 }
 
 fn endpoint_slices(s: &mut Store) {
+    let mut by_namespace: BTreeMap<Option<String>, Vec<&Pod>> = BTreeMap::new();
+    for p in pods(s) {
+        by_namespace
+            .entry(p.metadata.namespace.clone())
+            .or_default()
+            .push(p);
+    }
     let mut wanted = Vec::new();
     for o in s.list(Kind::Service, None) {
         let Object::Service(svc) = o else { continue };
-        let ns_pods: Vec<&Pod> = pods(s)
-            .into_iter()
-            .filter(|p| p.metadata.namespace == svc.metadata.namespace)
-            .collect();
-        wanted.extend(desired_slices(svc, &ns_pods));
+        // Selectorless Services have hand-written slices.
+        if svc
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.selector.as_ref())
+            .is_none_or(|sel| sel.is_empty())
+        {
+            continue;
+        }
+        let ns_pods = by_namespace
+            .get(&svc.metadata.namespace)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        wanted.extend(desired_slices(svc, ns_pods));
     }
     let wanted_refs: BTreeSet<ObjectRef> = wanted
         .iter()

@@ -96,9 +96,15 @@ impl Store {
 
     /// Objects of `kind`, in `namespace` if given, ordered by namespace and name.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<&Object> {
+        // Keys order by kind, then namespace, then name: a range, not a scan of everything.
+        let start = ObjectRef {
+            kind,
+            namespace: namespace.map(str::to_string),
+            name: String::new(),
+        };
         self.objects
-            .iter()
-            .filter(|(r, _)| {
+            .range(start..)
+            .take_while(|(r, _)| {
                 r.kind == kind && namespace.is_none_or(|ns| r.namespace.as_deref() == Some(ns))
             })
             .map(|(_, o)| o)
