@@ -99,9 +99,10 @@ fn applied_at(lab: &Lab, since: Timestamp, limit: Duration) -> Timestamp {
             .filter(|l| l.contains("applied: nftables"))
             .find_map(|l| {
                 let ts: Timestamp = l.split_whitespace().next()?.parse().ok()?;
-                (ts > since).then_some(ts)
+                (ts > since).then_some((ts, l))
             });
-        if let Some(ts) = found {
+        if let Some((ts, line)) = found {
+            eprintln!("  agent: {}", line.split("applied: ").nth(1).unwrap_or(line));
             return ts;
         }
         assert!(
