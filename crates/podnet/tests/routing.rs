@@ -184,17 +184,6 @@ fn host_gw_nodes_join_and_leave() {
     nodes_join_and_leave("host-gw");
 }
 
-fn agent_pid(lab: &Lab, node: &str) -> Option<String> {
-    let out = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .expect("ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains(&format!("agent --lab {} --node {node} ", lab.name)))
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-}
-
 fn agent_restart_and_drift(backend: &str) {
     let lab = Lab::up(2, &["--backend", backend]);
     lab.apply(
@@ -205,19 +194,11 @@ fn agent_restart_and_drift(backend: &str) {
     let srv = lab.pod_ip("srv");
     // Let iperf3's server listen.
     std::thread::sleep(Duration::from_millis(500));
-    let transfer = Command::new(PODNET)
-        .args([
-            "lab", "--name", &lab.name, "exec", "cli", "--", "iperf3", "-c", &srv, "-t", "5", "-b",
-            "200M",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iperf3 client");
+    let transfer = lab.spawn_exec("cli", &["iperf3", "-c", &srv, "-t", "5", "-b", "200M"]);
     std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<String> = ["node-1", "node-2"]
         .iter()
-        .filter_map(|n| agent_pid(&lab, n))
+        .filter_map(|n| lab.agent_pid(n))
         .collect();
     assert_eq!(before.len(), 2, "both agents run");
     for pid in &before {
@@ -229,7 +210,7 @@ fn agent_restart_and_drift(backend: &str) {
     let restarted = eventually(Duration::from_secs(5), || {
         let now: Vec<String> = ["node-1", "node-2"]
             .iter()
-            .filter_map(|n| agent_pid(&lab, n))
+            .filter_map(|n| lab.agent_pid(n))
             .collect();
         (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(())
     });

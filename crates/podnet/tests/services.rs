@@ -354,18 +354,6 @@ endpoints: [{{addresses: ["{backend}"], conditions: {{ready: true}}}}]
     );
 }
 
-fn agent_pids(lab: &Lab) -> Vec<String> {
-    let out = Command::new("ps")
-        .args(["-eo", "pid,args"])
-        .output()
-        .expect("ps");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("agent --lab {} ", lab.name)))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn restarting_agents_keeps_established_service_connections() {
     let lab = Lab::up(2, &[]);
@@ -401,17 +389,12 @@ spec:
         .is_some()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let transfer = Command::new(PODNET)
-        .args([
-            "lab", "--name", &lab.name, "exec", "cli", "--", "iperf3", "-c", &ip, "-t", "5", "-b",
-            "100M",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iperf3");
+    let transfer = lab.spawn_exec("cli", &["iperf3", "-c", &ip, "-t", "5", "-b", "100M"]);
     std::thread::sleep(Duration::from_millis(1500));
-    let before = agent_pids(&lab);
+    let before: Vec<String> = ["node-1", "node-2"]
+        .iter()
+        .filter_map(|n| lab.agent_pid(n))
+        .collect();
     assert_eq!(before.len(), 2);
     for pid in &before {
         Command::new("kill")
@@ -426,7 +409,10 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = agent_pids(&lab);
+    let after: Vec<String> = ["node-1", "node-2"]
+        .iter()
+        .filter_map(|n| lab.agent_pid(n))
+        .collect();
     assert!(
         after.iter().all(|p| !before.contains(p)) && after.len() == 2,
         "agents restarted"

@@ -175,6 +175,29 @@ impl Lab {
             .collect()
     }
 
+    /// The pid of `node`'s agent, if it runs.
+    pub fn agent_pid(&self, node: &str) -> Option<String> {
+        let out = Command::new("ps")
+            .args(["-eo", "pid,args"])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&format!("agent --lab {} --node {node} ", self.name)))
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+    }
+
+    /// Starts `podnet lab exec TARGET -- CMD...` in the background, output captured.
+    pub fn spawn_exec(&self, target: &str, cmd: &[&str]) -> std::process::Child {
+        Command::new(PODNET)
+            .args(["lab", "--name", &self.name, "exec", target, "--"])
+            .args(cmd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start podnet lab exec")
+    }
+
     pub fn dir(&self) -> PathBuf {
         PathBuf::from("/run/podnet/labs").join(&self.name)
     }

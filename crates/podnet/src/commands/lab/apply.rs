@@ -12,7 +12,12 @@ pub struct ApplyArgs {
 
 pub fn run(layout: &Layout, a: ApplyArgs) -> anyhow::Result<u8> {
     let yaml = super::read_input(&a.file)?;
-    let applied = super::client(layout).apply(&yaml)?;
+    print_applied(&super::client(layout).apply(&yaml)?)?;
+    Ok(0)
+}
+
+/// `kind/name created|configured|unchanged`, one line each, as kubectl prints them.
+pub fn print_applied(applied: &[podnet_lab::api::AppliedObject]) -> anyhow::Result<()> {
     for o in applied {
         let result = serde_json::to_value(o.result)?;
         println!(
@@ -22,5 +27,5 @@ pub fn run(layout: &Layout, a: ApplyArgs) -> anyhow::Result<u8> {
             result.as_str().unwrap_or_default()
         );
     }
-    Ok(0)
+    Ok(())
 }

@@ -99,15 +99,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<u8> {
     }
 
     step("apply -f examples/web.yaml");
-    for o in client.apply(WEB_YAML)? {
-        let result = serde_json::to_value(o.result)?;
-        println!(
-            "{}/{} {}",
-            o.reference.kind.name().to_ascii_lowercase(),
-            o.reference.name,
-            result.as_str().unwrap_or_default()
-        );
-    }
+    super::apply::print_applied(&client.apply(WEB_YAML)?)?;
     wait_app(&client)?;
     get(&layout, &["pods", "-o", "wide"])?;
     get(&layout, &["services", "-o", "wide"])?;
