@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
-use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
+use podnet_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use podnet_model::objects::SERVICE_NAME_LABEL;
 
 /// (namespace, name) of a namespaced object.
@@ -25,6 +26,45 @@ pub struct ClusterView {
     /// Services whose inputs changed since the agent last looked; all of them after a
     /// (re)list.
     pub dirty: Dirty,
+}
+
+/// Only what the proxy reads of a Service: at 10,000 Services the rest is most of the
+/// agent's memory.
+fn slim_service(mut s: Service) -> Service {
+    let m = &mut s.metadata;
+    *m = ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        ..ObjectMeta::default()
+    };
+    s.status = None;
+    s
+}
+
+/// Only what the proxy reads of an EndpointSlice: its Service label, ports and each
+/// endpoint's addresses, conditions and node.
+fn slim_slice(mut e: EndpointSlice) -> EndpointSlice {
+    let m = &mut e.metadata;
+    let labels = m.labels.take().map(|l| {
+        l.into_iter()
+            .filter(|(k, _)| k == SERVICE_NAME_LABEL)
+            .collect()
+    });
+    *m = ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        labels,
+        ..ObjectMeta::default()
+    };
+    for ep in &mut e.endpoints {
+        *ep = Endpoint {
+            addresses: std::mem::take(&mut ep.addresses),
+            conditions: ep.conditions.take(),
+            node_name: ep.node_name.take(),
+            ..Endpoint::default()
+        };
+    }
+    e
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,7 +95,7 @@ impl ClusterView {
     /// Records a Service (or its removal).
     pub fn put_service(&mut self, key: Key, svc: Option<Service>) {
         match svc {
-            Some(s) => drop(self.services.insert(key.clone(), s)),
+            Some(s) => drop(self.services.insert(key.clone(), slim_service(s))),
             None => drop(self.services.remove(&key)),
         }
         self.dirty.services.insert(key);
@@ -71,7 +111,7 @@ impl ClusterView {
                 self.dirty.services.insert(svc);
             }
         }
-        if let Some(new) = slice {
+        if let Some(new) = slice.map(slim_slice) {
             if let Some(svc) = Self::service_of(&new) {
                 self.slices_by_service
                     .entry(svc.clone())
