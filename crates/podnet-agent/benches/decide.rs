@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use podnet_agent::services::{contribution, ServiceProxy};
+use podnet_agent::services::{contribution, ServiceProxy, SliceInfo};
 use podnet_model::k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use podnet_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -59,7 +59,19 @@ fn world(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
 
 fn main() {
     for n in [100usize, 10_000] {
-        let (svcs, mut slices) = world(n);
+        let (svcs, raw) = world(n);
+        // As the agent keeps them.
+        let mut slices: Vec<SliceInfo> = raw.iter().filter_map(SliceInfo::from_slice).collect();
+        drop(raw);
+        let rss0 = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        println!("{n:>6} services: with the objects alone, {rss0}");
         let cidr = "10.244.0.0/16".parse().expect("net");
         let nodes = ["172.18.0.11".parse().expect("ip")];
         let key = |i: usize| ("default".to_string(), format!("s{i}"));
@@ -70,6 +82,15 @@ fn main() {
             proxy.set_service(key(i), Some(contribution(svc, &[&slices[i]], "node-1")));
         }
         let decide_full = t.elapsed();
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        println!("{n:>6} services: after deciding all, this process's {rss}");
         let t = Instant::now();
         let script = proxy.table.transaction().unwrap_or_default();
         proxy.table.committed();
@@ -77,13 +98,13 @@ fn main() {
         // The first changes after a full sync pay for the allocator tidying up after it;
         // measure the steady state, as the agent lives it.
         for j in 0..4 {
-            slices[j].endpoints[1].addresses = vec!["10.250.0.2".into()];
+            slices[j].endpoints[1].0 = "10.250.0.2".parse().expect("ip");
             let c = contribution(&svcs[j], &[&slices[j]], "node-1");
             proxy.set_service(key(j), Some(c));
             proxy.table.committed();
         }
         let i = n / 2;
-        slices[i].endpoints[3].addresses = vec!["10.250.0.1".into()];
+        slices[i].endpoints[3].0 = "10.250.0.1".parse().expect("ip");
         let t = Instant::now();
         proxy.set_service(
             key(i),

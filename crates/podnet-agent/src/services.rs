@@ -107,47 +107,71 @@ fn protocol(p: Option<&str>) -> String {
 
 /// Usable endpoints per (namespace, service, port name, protocol): ready and not
 /// terminating ones only.
-fn endpoints_by_port(
-    slices: &[&EndpointSlice],
-) -> BTreeMap<(String, String, String, String), Vec<Ep>> {
+/// What the proxy needs of an EndpointSlice: its Service, its ports and its usable
+/// endpoints (ready and not terminating), parsed once when it arrives. A small fraction of
+/// the Kubernetes object, which matters with 10,000 of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// (namespace, Service name), from `kubernetes.io/service-name`.
+    pub service: (String, String),
+    /// (port name, protocol, port).
+    pub ports: Vec<(String, String, u16)>,
+    pub endpoints: Vec<(Ipv4Addr, Option<String>)>,
+}
+
+impl SliceInfo {
+    /// `None` for a slice that names no Service.
+    pub fn from_slice(s: &EndpointSlice) -> Option<SliceInfo> {
+        let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        let ports = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port?).ok()?;
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    protocol(p.protocol.as_deref()),
+                    port,
+                ))
+            })
+            .collect();
+        let mut endpoints = Vec::new();
+        for e in &s.endpoints {
+            let c = e.conditions.as_ref();
+            if c.and_then(|c| c.ready) == Some(false) || c.and_then(|c| c.terminating) == Some(true)
+            {
+                continue;
+            }
+            for a in &e.addresses {
+                if let Ok(ip) = a.parse() {
+                    endpoints.push((ip, e.node_name.clone()));
+                }
+            }
+        }
+        Some(SliceInfo {
+            service: (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                svc.clone(),
+            ),
+            ports,
+            endpoints,
+        })
+    }
+}
+
+/// Usable endpoints per (port name, protocol), over a Service's slices.
+fn endpoints_by_port(slices: &[&SliceInfo]) -> BTreeMap<(String, String), Vec<Ep>> {
     let mut out: BTreeMap<_, Vec<Ep>> = BTreeMap::new();
     for s in slices {
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        for p in s.ports.iter().flatten() {
-            let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
-                continue;
-            };
-            let key = (
-                ns.clone(),
-                svc.clone(),
-                p.name.clone().unwrap_or_default(),
-                protocol(p.protocol.as_deref()),
-            );
-            let list = out.entry(key).or_default();
-            for e in &s.endpoints {
-                let c = e.conditions.as_ref();
-                if c.and_then(|c| c.ready) == Some(false)
-                    || c.and_then(|c| c.terminating) == Some(true)
-                {
-                    continue;
-                }
-                for a in &e.addresses {
-                    if let Ok(ip) = a.parse() {
-                        list.push(Ep {
-                            ip,
-                            port,
-                            node: e.node_name.clone(),
-                        });
-                    }
-                }
+        for (name, proto, port) in &s.ports {
+            let list = out.entry((name.clone(), proto.clone())).or_default();
+            for (ip, node) in &s.endpoints {
+                list.push(Ep {
+                    ip: *ip,
+                    port: *port,
+                    node: node.clone(),
+                });
             }
         }
     }
@@ -175,7 +199,7 @@ impl Contribution {
 }
 
 /// One Service's contribution. `slices` are its own EndpointSlices.
-pub fn contribution(svc: &Service, slices: &[&EndpointSlice], me: &str) -> Contribution {
+pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribution {
     let mut c = Contribution::default();
     let eps = endpoints_by_port(slices);
     let Some(spec) = &svc.spec else {
@@ -194,20 +218,13 @@ pub fn contribution(svc: &Service, slices: &[&EndpointSlice], me: &str) -> Contr
         return c;
     }
     c.add("cluster-ips", cip.to_string(), String::new());
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
     let local_only = |policy: Option<&str>| policy == Some("Local");
     for p in spec.ports.iter().flatten() {
         let Ok(port) = u16::try_from(p.port) else {
             continue;
         };
         let proto = protocol(p.protocol.as_deref());
-        let key = (
-            ns.clone(),
-            name.clone(),
-            p.name.clone().unwrap_or_default(),
-            proto.clone(),
-        );
+        let key = (p.name.clone().unwrap_or_default(), proto.clone());
         let all: &[Ep] = eps.get(&key).map(Vec::as_slice).unwrap_or_default();
         let pick = |local: bool| -> Vec<Endpoint> {
             all.iter()
@@ -310,22 +327,16 @@ pub fn ruleset(
 ) -> (Ruleset, Served) {
     let mut proxy = ServiceProxy::new(cluster_cidr, bridge);
     proxy.set_nodes(node_ips);
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        {
-            by_service
-                .entry((
-                    s.metadata.namespace.clone().unwrap_or_default(),
-                    svc.clone(),
-                ))
-                .or_default()
-                .push(s);
-        }
+    let infos: Vec<SliceInfo> = slices
+        .iter()
+        .filter_map(|s| SliceInfo::from_slice(s))
+        .collect();
+    let mut by_service: BTreeMap<(String, String), Vec<&SliceInfo>> = BTreeMap::new();
+    for info in &infos {
+        by_service
+            .entry(info.service.clone())
+            .or_default()
+            .push(info);
     }
     for svc in services {
         let key = (

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
-use podnet_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
 use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use podnet_model::objects::SERVICE_NAME_LABEL;
+
+use crate::services::SliceInfo;
 
 /// (namespace, name) of a namespaced object.
 pub type Key = (String, String);
@@ -20,7 +21,8 @@ pub type Key = (String, String);
 pub struct ClusterView {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<Key, Service>,
-    pub slices: BTreeMap<Key, EndpointSlice>,
+    /// EndpointSlices, as much of them as the proxy reads.
+    pub slices: BTreeMap<Key, SliceInfo>,
     /// Slice names by the Service they belong to (their `kubernetes.io/service-name`).
     pub slices_by_service: BTreeMap<Key, BTreeSet<String>>,
     /// Services whose inputs changed since the agent last looked; all of them after a
@@ -41,32 +43,6 @@ fn slim_service(mut s: Service) -> Service {
     s
 }
 
-/// Only what the proxy reads of an EndpointSlice: its Service label, ports and each
-/// endpoint's addresses, conditions and node.
-fn slim_slice(mut e: EndpointSlice) -> EndpointSlice {
-    let m = &mut e.metadata;
-    let labels = m.labels.take().map(|l| {
-        l.into_iter()
-            .filter(|(k, _)| k == SERVICE_NAME_LABEL)
-            .collect()
-    });
-    *m = ObjectMeta {
-        name: m.name.take(),
-        namespace: m.namespace.take(),
-        labels,
-        ..ObjectMeta::default()
-    };
-    for ep in &mut e.endpoints {
-        *ep = Endpoint {
-            addresses: std::mem::take(&mut ep.addresses),
-            conditions: ep.conditions.take(),
-            node_name: ep.node_name.take(),
-            ..Endpoint::default()
-        };
-    }
-    e
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dirty {
     pub all: bool,
@@ -75,21 +51,13 @@ pub struct Dirty {
 
 impl ClusterView {
     /// A Service's own EndpointSlices.
-    pub fn slices_of(&self, svc: &Key) -> Vec<&EndpointSlice> {
+    pub fn slices_of(&self, svc: &Key) -> Vec<&SliceInfo> {
         self.slices_by_service
             .get(svc)
             .into_iter()
             .flatten()
             .filter_map(|name| self.slices.get(&(svc.0.clone(), name.clone())))
             .collect()
-    }
-
-    fn service_of(slice: &EndpointSlice) -> Option<Key> {
-        let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-        Some((
-            slice.metadata.namespace.clone().unwrap_or_default(),
-            svc.clone(),
-        ))
     }
 
     /// Records a Service (or its removal).
@@ -104,21 +72,17 @@ impl ClusterView {
     /// Records an EndpointSlice (or its removal), marking the Services it leaves and joins.
     pub fn put_slice(&mut self, key: Key, slice: Option<EndpointSlice>) {
         if let Some(old) = self.slices.remove(&key) {
-            if let Some(svc) = Self::service_of(&old) {
-                if let Some(names) = self.slices_by_service.get_mut(&svc) {
-                    names.remove(&key.1);
-                }
-                self.dirty.services.insert(svc);
+            if let Some(names) = self.slices_by_service.get_mut(&old.service) {
+                names.remove(&key.1);
             }
+            self.dirty.services.insert(old.service);
         }
-        if let Some(new) = slice.map(slim_slice) {
-            if let Some(svc) = Self::service_of(&new) {
-                self.slices_by_service
-                    .entry(svc.clone())
-                    .or_default()
-                    .insert(key.1.clone());
-                self.dirty.services.insert(svc);
-            }
+        if let Some(new) = slice.as_ref().and_then(SliceInfo::from_slice) {
+            self.slices_by_service
+                .entry(new.service.clone())
+                .or_default()
+                .insert(key.1.clone());
+            self.dirty.services.insert(new.service.clone());
             self.slices.insert(key, new);
         }
     }
