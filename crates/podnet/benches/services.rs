@@ -102,7 +102,10 @@ fn applied_at(lab: &Lab, since: Timestamp, limit: Duration) -> Timestamp {
                 (ts > since).then_some((ts, l))
             });
         if let Some((ts, line)) = found {
-            eprintln!("  agent: {}", line.split("applied: ").nth(1).unwrap_or(line));
+            eprintln!(
+                "  agent: {}",
+                line.split("applied: ").nth(1).unwrap_or(line)
+            );
             return ts;
         }
         assert!(
