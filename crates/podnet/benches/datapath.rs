@@ -1,6 +1,6 @@
 //! The datapath: TCP throughput (iperf3, one stream) and request/response rate (sockperf
-//! TCP ping-pong, 64-byte messages) over four paths measured in one run, each reported as
-//! a ratio to the first:
+//! TCP ping-pong, 64-byte messages, one message in flight) over four paths measured in one
+//! run, each reported as a ratio to the first:
 //!
 //! 1. a bare veth pair between two namespaces this bench makes (the anchor: what this
 //!    machine can do with no pod network at all);
@@ -15,7 +15,9 @@
 //! alike. Run as root: `cargo bench -p podnet --bench datapath`.
 //!
 //! Nothing runs in the machine's own network namespace: servers and clients run in the
-//! bench's namespaces or in lab pods, and everything is removed on success and on panic.
+//! bench's namespaces or in lab pods, and everything is removed on success and on panic
+//! (if the bench is killed, the next run of podnet's lab tests or benches sweeps what it
+//! left).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,17 +34,22 @@ use serde_json::Value;
 /// Measured seconds per run (iperf3 `-t`, sockperf `-t`).
 const SECONDS: &str = "5";
 /// Interleaved rounds per path; the median is reported.
-const ROUNDS: usize = 3;
-const SOCKPERF_PORT: &str = "11111";
-/// sockperf's client and server share one CPU. Left to the scheduler, the pair lands on
-/// one CPU or on two from run to run, and a cross-CPU wakeup costs this VM about as much
-/// as the whole path (3.5 vs 8 µs half round trip on the bare veth), which buries the
-/// differences between paths in noise. Pinned together, a round trip measures what the
-/// path costs the CPU. iperf3 is left unpinned: its throughput does not flip like that.
-const RR_CPU: &str = "0";
+const ROUNDS: usize = 5;
 /// Bare veth addresses: a TEST-NET-1 pair, never routed anywhere.
 const VETH_CLIENT: &str = "192.0.2.1/24";
 const VETH_SERVER: &str = "192.0.2.2";
+
+/// Where every sockperf server listens.
+const SOCKPERF_PORT: &str = "11111";
+/// sockperf's client and server both run on this CPU. Left to the scheduler, the pair
+/// lands on one CPU or on two from run to run, and on this VM a wakeup across CPUs costs
+/// more than the whole bare-veth path (a bare-veth round trip takes about 7 µs on one
+/// CPU and 16 to 36 µs on two), so unpinned runs flip between two results, and runs
+/// pinned to two CPUs mostly measure how fast the hypervisor wakes an idle vCPU. On one
+/// CPU every packet of a round trip is processed by that CPU, one after the other, so the
+/// rate is what the path costs in CPU time, and it repeats within a few percent.
+/// iperf3 is left unpinned: its throughput does not flip like that.
+const RR_CPU: &str = "0";
 
 /// Runs a command (argv) at a path's client end.
 type Client<'a> = Box<dyn Fn(&[&str]) -> Output + 'a>;
@@ -117,21 +124,7 @@ fn bare_veth() -> BareVeth {
     }
     let servers = vec![
         spawn_in(&server_ns, &["iperf3", "-s"]),
-        spawn_in(
-            &server_ns,
-            &[
-                "taskset",
-                "-c",
-                RR_CPU,
-                "sockperf",
-                "server",
-                "--tcp",
-                "-i",
-                "0.0.0.0",
-                "-p",
-                SOCKPERF_PORT,
-            ],
-        ),
+        spawn_in(&server_ns, &SOCKPERF_SERVER),
     ];
     BareVeth {
         _servers: servers,
@@ -227,9 +220,26 @@ fn vxlan(lab: &Lab) -> Datapath<'_> {
     )
 }
 
+/// `taskset -c RR_CPU sockperf server ...`, in the bench's namespace or in a pod.
+const SOCKPERF_SERVER: [&str; 10] = [
+    "taskset",
+    "-c",
+    RR_CPU,
+    "sockperf",
+    "server",
+    "--tcp",
+    "-i",
+    "0.0.0.0",
+    "-p",
+    SOCKPERF_PORT,
+];
+
+/// iperf3 and sockperf servers, as two containers of one pod.
 fn server_pod(name: &str, node: &str) -> String {
+    let sockperf: Vec<String> = SOCKPERF_SERVER.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: iperf3, command: [iperf3, -s]}}\n  - {{name: sockperf, command: [taskset, -c, \"{RR_CPU}\", sockperf, server, --tcp, -i, 0.0.0.0, -p, \"{SOCKPERF_PORT}\"]}}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: iperf3, command: [iperf3, -s]}}\n  - {{name: sockperf, command: [{}]}}\n---\n",
+        sockperf.join(", ")
     )
 }
 
@@ -462,7 +472,7 @@ fn main() {
             let gbps = throughput(p, SECONDS).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             let rr = round_trips(p, SECONDS).unwrap_or_else(|e| panic!("{}: {e}", p.name));
             eprintln!(
-                "round {}: {:<24} {gbps:6.2} Gbit/s {rr:9.0} round trips/s",
+                "round {}: {:<22} {gbps:6.2} Gbit/s {rr:8.0} round trips/s",
                 round + 1,
                 p.name
             );
@@ -472,14 +482,23 @@ fn main() {
     }
 
     report(&paths, &samples, &busy_notes);
-    let mtus: Vec<String> = [&host_gw_lab, &vxlan_lab]
-        .iter()
-        .map(|lab| {
-            let mtu = stdout(&lab.exec("far", &["cat", "/sys/class/net/eth0/mtu"]));
-            format!("{}: pod MTU {mtu}", lab.name)
-        })
-        .collect();
-    println!("{}", mtus.join("; "));
+    for (lab, backend) in [(&host_gw_lab, "host-gw"), (&vxlan_lab, "vxlan")] {
+        // The pod's MTU from inside the pod (sysfs would show the machine's own eth0).
+        let link = stdout(&lab.exec("far", &["ip", "-o", "link", "show", "eth0"]));
+        let mtu = link
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .unwrap_or("?");
+        let br_nf = stdout(&lab.exec(
+            "node/node-1",
+            &["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
+        ));
+        println!(
+            "{backend} lab {}: pod MTU {mtu}, node bridge-nf-call-iptables={br_nf}",
+            lab.name
+        );
+    }
 }
 
 /// Prints the table (Markdown, ready for BENCHMARKS.md) and every sample.
@@ -487,12 +506,13 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
     let anchor_gbps = median(&samples[0].gbps);
     let anchor_rr = median(&samples[0].round_trips);
     println!(
-        "\nmedian of {ROUNDS} interleaved runs of {SECONDS} s each; ratios to the bare veth\n"
+        "\nmedian of {ROUNDS} interleaved runs of {SECONDS} s each; ratios to the bare veth, \
+         in brackets what the issue's hand-built minimal setup reached\n"
     );
     println!(
-        "| path | throughput | ratio (hand-built) | round trips/s | RTT | ratio (hand-built) | target | |"
+        "| path | throughput | ratio | round trips/s (RTT) | ratio | target (round trips) | |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (p, s) in paths.iter().zip(samples) {
         let gbps = median(&s.gbps);
         let rr = median(&s.round_trips);
@@ -511,7 +531,7 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
             ),
         };
         println!(
-            "| {} | {gbps:.1} Gbit/s | {tp_ratio:.2}{tp_ref} | {rr:.0} | {:.1} µs | {rr_ratio:.2}{rr_ref} | {target} | {verdict} |",
+            "| {} | {gbps:.1} Gbit/s | {tp_ratio:.2}{tp_ref} | {rr:.0} ({:.1} µs) | {rr_ratio:.2}{rr_ref} | {target} | {verdict} |",
             p.name,
             1e6 / rr,
         );
@@ -519,7 +539,7 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
     println!("\nall runs (Gbit/s | round trips/s):");
     for (p, s) in paths.iter().zip(samples) {
         println!(
-            "  {:<24} {} | {}",
+            "  {:<22} {} | {}",
             p.name,
             list(&s.gbps, 2),
             list(&s.round_trips, 0)
