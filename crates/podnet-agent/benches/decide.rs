@@ -57,20 +57,25 @@ fn world(n: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
     (svcs, slices)
 }
 
+/// This process's resident memory, as /proc reports it.
+fn rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
 fn main() {
     for n in [100usize, 10_000] {
         let (svcs, raw) = world(n);
         // As the agent keeps them.
         let mut slices: Vec<SliceInfo> = raw.iter().filter_map(SliceInfo::from_slice).collect();
         drop(raw);
-        let rss0 = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|st| {
-                st.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let rss0 = rss();
         println!("{n:>6} services: with the objects alone, {rss0}");
         let cidr = "10.244.0.0/16".parse().expect("net");
         let nodes = ["172.18.0.11".parse().expect("ip")];
@@ -82,14 +87,7 @@ fn main() {
             proxy.set_service(key(i), Some(contribution(svc, &[&slices[i]], "node-1")));
         }
         let decide_full = t.elapsed();
-        let rss = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|st| {
-                st.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let rss = rss();
         println!("{n:>6} services: after deciding all, this process's {rss}");
         let t = Instant::now();
         let script = proxy.table.transaction().unwrap_or_default();
