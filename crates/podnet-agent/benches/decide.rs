@@ -80,7 +80,7 @@ fn main() {
         let cidr = "10.244.0.0/16".parse().expect("net");
         let nodes = ["172.18.0.11".parse().expect("ip")];
         let key = |i: usize| ("default".to_string(), format!("s{i}"));
-        let mut proxy = ServiceProxy::new(cidr, "podnet0");
+        let mut proxy = ServiceProxy::new(cidr, None, "podnet0");
         proxy.set_nodes(&nodes);
         let t = Instant::now();
         for (i, svc) in svcs.iter().enumerate() {

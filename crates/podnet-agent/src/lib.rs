@@ -8,7 +8,9 @@
 //! conflist whose presence tells the kubelet the node's network is ready.
 
 pub mod cni_config;
+pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod plan;
 pub mod ruleset;
 pub mod run;

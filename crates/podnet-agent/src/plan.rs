@@ -17,6 +17,8 @@ use crate::cni_config::pod_cidr;
 
 /// The annotation on which each agent publishes its VTEP MAC.
 pub const VTEP_MAC_ANNOTATION: &str = "podnet.io/vtep-mac";
+/// The annotation on which each agent publishes its underlay address.
+pub const NODE_IP_ANNOTATION: &str = "podnet.io/node-ip";
 /// The VXLAN device podnet creates.
 pub const VXLAN_DEVICE: &str = "podnet.vxlan";
 /// IPv4 + UDP + VXLAN + inner Ethernet headers.
@@ -42,22 +44,16 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
-    /// Reads a node object; `None` until it has an address and a pod CIDR.
+    /// Reads a node object; `None` until it has an address and a pod CIDR. The address is
+    /// the one its agent published ([`NODE_IP_ANNOTATION`]), else its first IPv4
+    /// InternalIP.
     pub fn from_node(n: &Node) -> Option<NodeInfo> {
-        let ip = n
-            .status
-            .as_ref()?
-            .addresses
-            .as_ref()?
-            .iter()
-            .find(|a| a.type_ == "InternalIP")?
-            .address
-            .parse()
-            .ok()?;
-        let vtep_mac = n
-            .metadata
-            .annotations
-            .as_ref()
+        let annotations = n.metadata.annotations.as_ref();
+        let ip = annotations
+            .and_then(|a| a.get(NODE_IP_ANNOTATION))
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| internal_ip(n))?;
+        let vtep_mac = annotations
             .and_then(|a| a.get(VTEP_MAC_ANNOTATION))
             .and_then(|m| parse_mac(m));
         Some(NodeInfo {
@@ -67,6 +63,17 @@ impl NodeInfo {
             vtep_mac,
         })
     }
+}
+
+/// A node's first IPv4 InternalIP (dual-stack nodes may list an IPv6 one first).
+pub fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
+    n.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -71,7 +71,12 @@ pub const SETS: &[(&str, &str)] = &[
 /// when the packet is bridged that way and when it is routed (no br_netfilter).
 /// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
 /// the names only for some hooks.
-pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
+pub fn base(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) -> String {
+    // An address of the service CIDR that no Service has is refused at once, as a port a
+    // ClusterIP does not serve is.
+    let unallocated = service_cidr
+        .map(|c| format!("\t\tip daddr {c} ip daddr != @cluster-ips jump reject-now\n"))
+        .unwrap_or_default();
     let mut s = format!("table inet {TABLE} {{\n");
     for (name, ty) in SETS {
         let kind = if ty.contains(':') { "map" } else { "set" };
@@ -87,6 +92,7 @@ pub fn base(cluster_cidr: Ipv4Net, bridge: &str) -> String {
          \t\tip daddr . meta l4proto . th dport @no-endpoints jump reject-now\n\
          \t\tip daddr @cluster-ips meta l4proto {{ tcp, udp, sctp }} ip daddr . meta l4proto . th dport != @service-ports jump reject-now\n\
          \t\tfib daddr type local meta l4proto . th dport @nodeport-no-endpoints jump reject-now\n\
+         {unallocated}\
          \t}}\n\
          \tchain filter-prerouting {{\n\
          \t\ttype filter hook prerouting priority -110; policy accept;\n\
@@ -404,7 +410,7 @@ mod tests {
 
     fn rs(elements: &[(&str, &[(&str, &str)])]) -> Ruleset {
         Ruleset {
-            base: base("10.244.0.0/16".parse().expect("net"), "podnet0"),
+            base: base("10.244.0.0/16".parse().expect("net"), None, "podnet0"),
             extras: BTreeMap::from([cluster_lb(2)]),
             elements: elements
                 .iter()
@@ -423,7 +429,7 @@ mod tests {
 
     #[test]
     fn the_base_declares_every_set_and_hooks_the_services_chain() {
-        let b = base("10.244.0.0/16".parse().expect("net"), "podnet0");
+        let b = base("10.244.0.0/16".parse().expect("net"), None, "podnet0");
         for (name, _) in SETS {
             assert!(b.contains(&format!(" {name} {{")), "{name}");
         }
@@ -514,7 +520,7 @@ mod tests {
 
     #[test]
     fn tracked_changes_give_the_same_transaction_as_a_full_diff() {
-        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), "podnet0"));
+        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
         t.declare("service-ips");
         let (lb2, e2) = cluster_lb(2);
         t.extra(&lb2, Some(e2));
@@ -560,7 +566,7 @@ mod tests {
     fn a_changed_base_replaces_the_table() {
         let before = rs(&[]);
         let mut after = rs(&[]);
-        after.base = base("10.200.0.0/16".parse().expect("net"), "podnet0");
+        after.base = base("10.200.0.0/16".parse().expect("net"), None, "podnet0");
         assert!(transaction(Some(&before), &after)
             .expect("full")
             .contains("delete table inet podnet"));

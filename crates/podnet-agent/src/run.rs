@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -12,7 +13,8 @@ use podnet_kernel::netlink::format_mac;
 
 use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::plan::{self, Backend, NodeInfo, VTEP_MAC_ANNOTATION};
+use crate::health::Health;
+use crate::plan::{self, Backend, NodeInfo, NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
 use crate::services::{self, ServiceProxy};
 use crate::source::Source;
 use crate::source::{Dirty, Key};
@@ -23,6 +25,8 @@ pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often podnet's nftables table is checked for existence.
 const NFT_CHECK: Duration = Duration::from_secs(5);
+/// How often a node that cannot be configured yet is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Where the agent writes and what it configures.
 #[derive(Debug, Clone)]
@@ -38,6 +42,12 @@ pub struct AgentConfig {
     pub backend: Backend,
     /// The whole cluster's pod CIDR (traffic leaving it is masqueraded).
     pub cluster_cidr: Ipv4Net,
+    /// The Service CIDR: its addresses that no Service has are refused at once.
+    pub service_cidr: Option<Ipv4Net>,
+    /// The pods' MTU; `None`: the underlay's, minus the encapsulation overhead.
+    pub mtu: Option<u32>,
+    /// What the health endpoints report.
+    pub health: Arc<Health>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,22 +67,32 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut written: Option<String> = None;
     let mut last_nft_check = Instant::now();
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
-    let mut warned_missing = false;
     let mut published_routing = false;
-    let mut proxy = ServiceProxy::new(config.cluster_cidr, &config.bridge);
+    let health = &config.health;
+    let mut readiness = Readiness {
+        node: &config.node,
+        health,
+        reported: None,
+    };
+    let mut proxy = ServiceProxy::new(config.cluster_cidr, config.service_cidr, &config.bridge);
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
     let mut pending = Dirty::default();
     let mut stale = Vec::new();
     loop {
+        health.tick();
         let changed = match source.wait(RESYNC) {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
             }
             Err(e) => {
-                tracing::warn!(
-                    "cluster source: {e}; keeping the dataplane as it is, retrying in {backoff:?}"
-                );
+                if written.is_none() {
+                    readiness.not(format!("cluster source: {e}"));
+                } else {
+                    tracing::warn!(
+                        "cluster source: {e}; keeping the dataplane as it is, retrying in {backoff:?}"
+                    );
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -82,14 +102,23 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         pending.all |= dirty.all;
         pending.services.extend(dirty.services);
         let view = source.view();
-        let Some(me) = view.nodes.get(&config.node).and_then(NodeInfo::from_node) else {
-            if !warned_missing {
-                tracing::warn!(node = %config.node, "this node has no address or no pod CIDR (spec.podCIDRs) yet; pods cannot start until it has");
-                warned_missing = true;
-            }
+        let mine = view.nodes.get(&config.node);
+        // This node's own address is what its status says now; peers read what it published.
+        let me = mine.and_then(|n| {
+            let mut me = NodeInfo::from_node(n)?;
+            me.ip = plan::internal_ip(n).unwrap_or(me.ip);
+            Some(me)
+        });
+        let Some(me) = me else {
+            readiness.not(match view.nodes.get(&config.node) {
+                None => format!("node {} is not in the cluster (check --node)", config.node),
+                Some(_) => format!(
+                    "node {} has no IPv4 InternalIP or no pod CIDR (spec.podCIDRs) yet; run kube-controller-manager with --allocate-node-cidrs, or set spec.podCIDR; pods cannot start until then",
+                    config.node
+                ),
+            });
             continue;
         };
-        warned_missing = false;
         let peers: Vec<NodeInfo> = view
             .nodes
             .values()
@@ -117,27 +146,40 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 .map(|svc| services::contribution(svc, &view.slices_of(&key), &config.node));
             stale.extend(proxy.set_service(key, c));
         }
+        // What peers need of this node, on its Node object.
+        let mut publish = vec![(NODE_IP_ANNOTATION, me.ip.to_string())];
         if matches!(config.backend, Backend::Vxlan { .. }) {
-            let mac = format_mac(&plan::vtep_mac(me.ip));
-            let published = view
-                .nodes
-                .get(&config.node)
-                .and_then(|n| n.metadata.annotations.as_ref())
-                .and_then(|a| a.get(VTEP_MAC_ANNOTATION));
-            if published != Some(&mac) {
-                if let Err(e) = source.annotate_node(&config.node, VTEP_MAC_ANNOTATION, &mac) {
-                    tracing::warn!("publishing the VTEP MAC: {e}");
+            publish.push((VTEP_MAC_ANNOTATION, format_mac(&plan::vtep_mac(me.ip))));
+        }
+        let annotations = mine.and_then(|n| n.metadata.annotations.clone());
+        for (key, value) in publish {
+            if annotations.as_ref().and_then(|a| a.get(key)) != Some(&value) {
+                if let Err(e) = source.annotate_node(&config.node, key, &value) {
+                    tracing::warn!("publishing {key}: {e}");
                 }
             }
         }
         let underlay = match dp.underlay(me.ip) {
             Ok(u) => u,
             Err(e) => {
-                tracing::warn!("{e}");
+                readiness.not(e.to_string());
                 continue;
             }
         };
-        let desired = plan::plan(&me, &peers, config.backend, &underlay);
+        let mut desired = plan::plan(&me, &peers, config.backend, &underlay);
+        match config.mtu {
+            Some(mtu) if mtu <= desired.pod_mtu => {
+                desired.pod_mtu = mtu;
+                if let Some(v) = desired.vxlan.as_mut() {
+                    v.mtu = mtu;
+                }
+            }
+            Some(mtu) => readiness.not(format!(
+                "the configured MTU {mtu} is more than this node's underlay allows ({}); using {}",
+                desired.pod_mtu, desired.pod_mtu
+            )),
+            None => {}
+        }
         if desired.unreachable != unreachable || !published_routing {
             for why in desired.unreachable.values() {
                 tracing::warn!("{why}");
@@ -162,6 +204,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         if check_nft {
             last_nft_check = Instant::now();
         }
+        let sync_started = Instant::now();
         let result = dp.sync(&desired, &underlay).and_then(|mut c| {
             let started = Instant::now();
             let commands = dp.sync_nft(&mut proxy.table, check_nft)?;
@@ -179,6 +222,12 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
             Ok(c)
         });
+        health.synced(
+            result.is_ok(),
+            sync_started.elapsed(),
+            proxy.services().count(),
+            peers.len().saturating_sub(1),
+        );
         match result {
             Ok(changes) if changes.is_empty() => {}
             Ok(changes) if changed || written.is_none() => {
@@ -191,6 +240,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             ),
             Err(e) => {
                 tracing::error!("applying the dataplane failed: {e}; retrying");
+                health.set_ready(Err(format!("applying the dataplane failed: {e}")));
                 continue;
             }
         }
@@ -211,6 +261,38 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             tracing::info!(node = %config.node, subnet = %me.pod_cidr, mtu = desired.pod_mtu, "wrote the node's CNI config");
             written = Some(file);
         }
+        if config.mtu.is_none_or(|m| m <= desired.pod_mtu) {
+            readiness.ready();
+        }
+    }
+}
+
+/// Why the node is not ready: in the log (again every [`REPORT_EVERY`], or when the
+/// reason changes) and on `/readyz`.
+struct Readiness<'a> {
+    node: &'a str,
+    health: &'a Health,
+    reported: Option<(String, Instant)>,
+}
+
+impl Readiness<'_> {
+    fn not(&mut self, why: String) {
+        let again = self
+            .reported
+            .as_ref()
+            .is_none_or(|(last, at)| *last != why || at.elapsed() >= REPORT_EVERY);
+        if again {
+            tracing::warn!(node = %self.node, "not ready: {why}");
+            self.reported = Some((why.clone(), Instant::now()));
+        }
+        self.health.set_ready(Err(why));
+    }
+
+    fn ready(&mut self) {
+        if self.reported.take().is_some() {
+            tracing::info!(node = %self.node, "ready");
+        }
+        self.health.set_ready(Ok(()));
     }
 }
 

@@ -325,7 +325,7 @@ pub fn ruleset(
     services: &[&Service],
     slices: &[&EndpointSlice],
 ) -> (Ruleset, Served) {
-    let mut proxy = ServiceProxy::new(cluster_cidr, bridge);
+    let mut proxy = ServiceProxy::new(cluster_cidr, None, bridge);
     proxy.set_nodes(node_ips);
     let infos: Vec<SliceInfo> = slices
         .iter()
@@ -361,8 +361,8 @@ pub struct ServiceProxy {
 }
 
 impl ServiceProxy {
-    pub fn new(cluster_cidr: Ipv4Net, bridge: &str) -> ServiceProxy {
-        let mut table = Tracked::new(ruleset::base(cluster_cidr, bridge));
+    pub fn new(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) -> ServiceProxy {
+        let mut table = Tracked::new(ruleset::base(cluster_cidr, service_cidr, bridge));
         for (set, _) in ruleset::SETS {
             table.declare(set);
         }

@@ -453,12 +453,15 @@ impl Agents {
             .open(layout.node_dir(node).join("agent.log"))?;
         let mut cmd = Command::new(&shared.exe);
         let cluster_cidr = shared.config.pod_cidr.to_string();
+        let service_cidr = shared.config.service_cidr.to_string();
         cmd.args(["agent", "--lab", &layout.name, "--node", node])
             .args([
                 "--backend",
                 &shared.config.backend,
                 "--cluster-cidr",
                 &cluster_cidr,
+                "--service-cidr",
+                &service_cidr,
             ]);
         if shared.config.direct_routing {
             cmd.arg("--direct-routing");

@@ -30,6 +30,8 @@ enum Command {
     Lab(commands::lab::LabArgs),
     /// The per-node agent.
     Agent(commands::agent::AgentArgs),
+    /// Copies the CNI plugin into the node's CNI binary directory, atomically.
+    InstallCni(commands::install_cni::InstallCniArgs),
     /// The built-in workload: HTTP/TCP/UDP servers and clients.
     #[command(subcommand)]
     Probe(podnet_probe::ProbeCommand),
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => commands::lab::run(args),
         Command::Agent(args) => commands::agent::run(args).map(|()| 0),
+        Command::InstallCni(args) => commands::install_cni::run(args).map(|()| 0),
         Command::Probe(cmd) => podnet_probe::run(cmd).map_err(anyhow::Error::from),
     };
     match result {

@@ -11,24 +11,9 @@ use podnet_model::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use podnet_model::k8s_openapi::serde;
 use serde::Deserialize as _;
 
-/// Every (API group, resource, verb) the agent calls: its watchers (list, watch, and get
-/// on a relist or a single object) and the PATCH of its own Node's annotations.
-const AGENT_CALLS: &[(&str, &str, &[&str])] = &[
-    ("", "nodes", &["get", "list", "watch", "patch"]),
-    ("", "services", &["get", "list", "watch"]),
-    ("", "pods", &["get", "list", "watch"]),
-    ("", "namespaces", &["get", "list", "watch"]),
-    (
-        "discovery.k8s.io",
-        "endpointslices",
-        &["get", "list", "watch"],
-    ),
-    (
-        "networking.k8s.io",
-        "networkpolicies",
-        &["get", "list", "watch"],
-    ),
-];
+/// Every (API group, resource, verb) the agent calls: its watchers and the PATCH of its own
+/// Node's annotations. tests/kubernetes.rs checks that the agent calls nothing else.
+use podnet_agent::source::kubernetes::API_CALLS as AGENT_CALLS;
 
 /// The host paths the agent container must mount.
 const AGENT_MOUNTS: &[&str] = &[

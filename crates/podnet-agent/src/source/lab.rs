@@ -59,17 +59,18 @@ impl LabSource {
         Ok(())
     }
 
-    fn apply(&mut self, o: Object, deleted: bool) {
+    /// Applies one object (or its removal); `true` if the view changed.
+    fn apply(&mut self, o: Object, deleted: bool) -> bool {
         let key = (
             o.meta().namespace.clone().unwrap_or_default(),
             o.name().to_string(),
         );
         match o {
-            Object::Node(_) if deleted => drop(self.view.nodes.remove(&key.1)),
-            Object::Node(n) => drop(self.view.nodes.insert(key.1, n)),
+            Object::Node(_) if deleted => self.view.remove_node(&key.1),
+            Object::Node(n) => self.view.put_node(n),
             Object::Service(s) => self.view.put_service(key, (!deleted).then_some(s)),
             Object::EndpointSlice(e) => self.view.put_slice(key, (!deleted).then_some(e)),
-            _ => {}
+            _ => false,
         }
     }
 
@@ -83,8 +84,7 @@ impl LabSource {
             WatchEvent::Gone => return Err(SourceError("watch expired (410 Gone)".into())),
         };
         let o = Object::from_json(object).map_err(SourceError)?;
-        self.apply(o, deleted);
-        Ok(true)
+        Ok(self.apply(o, deleted))
     }
 }
 

@@ -2,12 +2,13 @@
 //! source keeps current; the lab source (the supervisor's watch API) and the Kubernetes
 //! source (the API server) fill the same view.
 
+pub mod kubernetes;
 pub mod lab;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
+use podnet_model::k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service};
 use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
 use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -60,24 +61,34 @@ impl ClusterView {
             .collect()
     }
 
-    /// Records a Service (or its removal).
-    pub fn put_service(&mut self, key: Key, svc: Option<Service>) {
+    /// Records a Service (or its removal); `true` if that changed what the proxy reads.
+    pub fn put_service(&mut self, key: Key, svc: Option<Service>) -> bool {
+        let svc = svc.map(slim_service);
+        if self.services.get(&key) == svc.as_ref() {
+            return false;
+        }
         match svc {
-            Some(s) => drop(self.services.insert(key.clone(), slim_service(s))),
+            Some(s) => drop(self.services.insert(key.clone(), s)),
             None => drop(self.services.remove(&key)),
         }
         self.dirty.services.insert(key);
+        true
     }
 
-    /// Records an EndpointSlice (or its removal), marking the Services it leaves and joins.
-    pub fn put_slice(&mut self, key: Key, slice: Option<EndpointSlice>) {
+    /// Records an EndpointSlice (or its removal), marking the Services it leaves and
+    /// joins; `true` if that changed what the proxy reads.
+    pub fn put_slice(&mut self, key: Key, slice: Option<EndpointSlice>) -> bool {
+        let new = slice.as_ref().and_then(SliceInfo::from_slice);
+        if self.slices.get(&key) == new.as_ref() {
+            return false;
+        }
         if let Some(old) = self.slices.remove(&key) {
             if let Some(names) = self.slices_by_service.get_mut(&old.service) {
                 names.remove(&key.1);
             }
             self.dirty.services.insert(old.service);
         }
-        if let Some(new) = slice.as_ref().and_then(SliceInfo::from_slice) {
+        if let Some(new) = new {
             self.slices_by_service
                 .entry(new.service.clone())
                 .or_default()
@@ -85,6 +96,47 @@ impl ClusterView {
             self.dirty.services.insert(new.service.clone());
             self.slices.insert(key, new);
         }
+        true
+    }
+
+    /// Records a Node; `true` if that changed what the agent reads.
+    pub fn put_node(&mut self, node: Node) -> bool {
+        let node = slim_node(node);
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if self.nodes.get(&name) == Some(&node) {
+            return false;
+        }
+        self.nodes.insert(name, node);
+        true
+    }
+
+    /// Forgets a Node; `true` if it was known.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        self.nodes.remove(name).is_some()
+    }
+}
+
+/// Only what the agent reads of a Node (name, annotations, pod CIDRs, addresses): the
+/// rest (images, conditions, capacity) is most of a real Node object and changes every
+/// few seconds with its heartbeat.
+fn slim_node(n: Node) -> Node {
+    let spec = n.spec.map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..NodeSpec::default()
+    });
+    let status = n.status.map(|s| NodeStatus {
+        addresses: s.addresses,
+        ..NodeStatus::default()
+    });
+    Node {
+        metadata: ObjectMeta {
+            name: n.metadata.name,
+            annotations: n.metadata.annotations,
+            ..ObjectMeta::default()
+        },
+        spec,
+        status,
     }
 }
 

@@ -1,64 +1,152 @@
-//! `podnet agent`: the node agent.
+//! `podnet agent`: the node agent, on the lab's supervisor or on a Kubernetes API server.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::Context;
-use clap::Args;
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
 use ipnet::Ipv4Net;
+use podnet_agent::config::{BackendName, FileConfig};
+use podnet_agent::health::{self, Health};
 use podnet_agent::plan::Backend;
+use podnet_agent::source::kubernetes::KubeSource;
 use podnet_agent::source::lab::LabSource;
+use podnet_agent::source::Source;
 use podnet_agent::AgentConfig;
 use podnet_lab::Layout;
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// A lab's supervisor (`--lab NAME`).
+    Lab,
+    /// The Kubernetes API server (in-cluster config, or `--kubeconfig`).
+    Kubernetes,
+}
+
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Learn the cluster from this lab's supervisor.
+    /// Where the agent learns the cluster from.
+    #[arg(long, value_enum, default_value = "lab")]
+    source: SourceKind,
+    /// With `--source lab`: the lab whose supervisor to follow.
+    #[arg(long, required_if_eq("source", "lab"))]
+    lab: Option<String>,
+    /// With `--source kubernetes`: a kubeconfig file instead of the in-cluster config.
     #[arg(long)]
-    lab: String,
-    /// The node this agent runs on.
+    kubeconfig: Option<PathBuf>,
+    /// The node this agent runs on (its Node object's name).
     #[arg(long)]
     node: String,
-    /// How this node reaches other nodes' pods.
-    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
-    backend: String,
+    /// A config file (YAML) with the keys backend, clusterCIDR, serviceCIDR, mtu, vni,
+    /// vxlanPort, directRouting; flags given here win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How this node reaches other nodes' pods: vxlan (default) or host-gw.
+    #[arg(long)]
+    backend: Option<BackendName>,
     /// The cluster's pod CIDR: traffic from it to anywhere else is masqueraded.
     #[arg(long)]
-    cluster_cidr: Ipv4Net,
-    /// VXLAN network identifier.
-    #[arg(long, default_value_t = 1)]
-    vni: u32,
-    /// VXLAN UDP port.
-    #[arg(long, default_value_t = 4789)]
-    vxlan_port: u16,
+    cluster_cidr: Option<Ipv4Net>,
+    /// The Service CIDR: its addresses that no Service has are refused at once.
+    #[arg(long)]
+    service_cidr: Option<Ipv4Net>,
+    /// Pod MTU (default: the underlay's, minus 50 with vxlan).
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// VXLAN network identifier (default 1).
+    #[arg(long)]
+    vni: Option<u32>,
+    /// VXLAN UDP port (default 4789).
+    #[arg(long)]
+    vxlan_port: Option<u16>,
     /// With vxlan: plain routes to peers on this node's network, the tunnel for the rest.
     #[arg(long)]
     direct_routing: bool,
     /// The node bridge pods attach to.
     #[arg(long, default_value = "podnet0")]
     bridge: String,
+    /// Where /healthz, /readyz and /metrics are served ("off" for nowhere).
+    #[arg(long, default_value = "127.0.0.1:9099")]
+    health_addr: String,
+    /// With `--source kubernetes`: the CNI config directory.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// With `--source kubernetes`: the node file podnet-cni reads.
+    #[arg(long, default_value = "/run/podnet/node.json")]
+    node_file: PathBuf,
+    /// With `--source kubernetes`: podnet-cni's address pool directory.
+    #[arg(long, default_value = "/var/lib/podnet/ipam")]
+    ipam_dir: PathBuf,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let layout = Layout::new(&args.lab).map_err(anyhow::Error::msg)?;
-    let dir: PathBuf = layout.node_dir(&args.node);
-    let backend = match args.backend.as_str() {
-        "host-gw" => Backend::HostGw,
-        _ => Backend::Vxlan {
-            vni: args.vni,
-            port: args.vxlan_port,
-            direct_routing: args.direct_routing,
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let c = file.overridden_by(FileConfig {
+        backend: args.backend,
+        cluster_cidr: args.cluster_cidr,
+        service_cidr: args.service_cidr,
+        mtu: args.mtu,
+        vni: args.vni,
+        vxlan_port: args.vxlan_port,
+        direct_routing: args.direct_routing.then_some(true),
+    });
+    let Some(cluster_cidr) = c.cluster_cidr else {
+        bail!("no cluster CIDR: pass --cluster-cidr or set clusterCIDR in the --config file (the controller-manager's --cluster-cidr)");
+    };
+    let backend = match c.backend.unwrap_or(BackendName::Vxlan) {
+        BackendName::HostGw => Backend::HostGw,
+        BackendName::Vxlan => Backend::Vxlan {
+            vni: c.vni.unwrap_or(1),
+            port: c.vxlan_port.unwrap_or(4789),
+            direct_routing: c.direct_routing.unwrap_or(false),
         },
     };
-    let config = AgentConfig {
+    let health = Arc::new(Health::default());
+    if args.health_addr != "off" {
+        let addr: SocketAddr = args.health_addr.parse().with_context(|| {
+            format!(
+                "--health-addr {}: not an address:port (or \"off\")",
+                args.health_addr
+            )
+        })?;
+        let bound = health::serve(addr, health.clone()).with_context(|| {
+            format!("serving health on {addr}; pick another --health-addr, or \"off\"")
+        })?;
+        tracing::info!("health on http://{bound} (/healthz, /readyz, /metrics)");
+    }
+    let mut config = AgentConfig {
         node: args.node.clone(),
-        cni_dir: layout.node_cni_dir(&args.node),
-        node_file: dir.join("node.json"),
-        ipam_dir: dir.join("ipam"),
+        cni_dir: args.cni_conf_dir,
+        node_file: args.node_file,
+        ipam_dir: args.ipam_dir,
         bridge: args.bridge,
         backend,
-        cluster_cidr: args.cluster_cidr.trunc(),
+        cluster_cidr: cluster_cidr.trunc(),
+        service_cidr: c.service_cidr.map(|n| n.trunc()),
+        mtu: c.mtu,
+        health,
     };
-    let mut source = LabSource::new(&args.lab).map_err(anyhow::Error::msg)?;
-    tracing::info!(lab = %args.lab, node = %args.node, backend = %args.backend, "agent starting");
-    podnet_agent::run(&config, &mut source).with_context(|| format!("agent of node {}", args.node))
+    let mut source: Box<dyn Source> = match args.source {
+        SourceKind::Lab => {
+            let lab = args.lab.as_deref().unwrap_or_default();
+            let layout = Layout::new(lab).map_err(anyhow::Error::msg)?;
+            // In the lab, each node's files live in the lab's node directory.
+            let dir = layout.node_dir(&args.node);
+            config.cni_dir = layout.node_cni_dir(&args.node);
+            config.node_file = dir.join("node.json");
+            config.ipam_dir = dir.join("ipam");
+            tracing::info!(lab, node = %args.node, "agent starting");
+            Box::new(LabSource::new(lab).map_err(anyhow::Error::msg)?)
+        }
+        SourceKind::Kubernetes => {
+            tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
+            Box::new(KubeSource::connect(args.kubeconfig.as_deref()).map_err(anyhow::Error::msg)?)
+        }
+    };
+    podnet_agent::run(&config, source.as_mut())
+        .with_context(|| format!("agent of node {}", args.node))
 }

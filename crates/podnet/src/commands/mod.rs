@@ -1,4 +1,5 @@
 //! One module per command.
 
 pub mod agent;
+pub mod install_cni;
 pub mod lab;

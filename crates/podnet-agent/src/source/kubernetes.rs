@@ -1,0 +1,379 @@
+//! The Kubernetes API server as a source: kube-rs watchers for Nodes, Services and
+//! EndpointSlices, on a small runtime of their own, feed the same [`ClusterView`] as the
+//! lab. A watcher relists on `410 Gone` and reconnects with backoff by itself; a relist
+//! replaces what it lists but marks only what really changed, so the agent redoes nothing
+//! it does not need to. While the API server is unreachable the view, and so the
+//! dataplane, stays as it is.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Config};
+use podnet_model::k8s_openapi::api::core::v1::{Node, Service};
+use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{ClusterView, Dirty, Key, Source, SourceError};
+
+/// Every (API group, resource, verb) the agent calls. The DaemonSet's ClusterRole must
+/// grant exactly these (a test checks the manifest against this list, and another that
+/// the agent calls nothing else).
+pub const API_CALLS: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["list", "watch", "patch"]),
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+];
+
+/// Services another proxy serves (kube-proxy skips them too).
+const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+/// Slices that belong to a Service (the only ones the proxy reads).
+const SLICE_SELECTOR: &str = "kubernetes.io/service-name";
+/// After the first event of a burst, wait this long for more before acting.
+const BATCH: Duration = Duration::from_millis(10);
+/// The same API error is logged at most this often.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
+/// How long publishing an annotation may take.
+const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Msg {
+    Node(Event<Node>),
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
+    Error(String),
+}
+
+/// Objects of one kind being relisted (between `Init` and `InitDone`).
+struct Relist<K> {
+    items: Option<Vec<K>>,
+    synced: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            items: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K> Relist<K> {
+    /// Follows one event; returns the objects of a finished relist.
+    fn follow(&mut self, ev: Event<K>) -> Step<K> {
+        match ev {
+            Event::Init => {
+                self.items = Some(Vec::new());
+                Step::None
+            }
+            Event::InitApply(k) => {
+                self.items.get_or_insert_with(Vec::new).push(k);
+                Step::None
+            }
+            Event::InitDone => {
+                self.synced = true;
+                Step::Replace(self.items.take().unwrap_or_default())
+            }
+            Event::Apply(k) => Step::Put(k),
+            Event::Delete(k) => Step::Delete(k),
+        }
+    }
+}
+
+enum Step<K> {
+    None,
+    Put(K),
+    Delete(K),
+    Replace(Vec<K>),
+}
+
+pub struct KubeSource {
+    // Owns the watcher tasks: dropping the source stops them.
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    view: ClusterView,
+    events: Receiver<Msg>,
+    nodes: Relist<Node>,
+    services: Relist<Service>,
+    slices: Relist<EndpointSlice>,
+    reported_synced: bool,
+    last_error: Option<(String, Instant)>,
+}
+
+impl KubeSource {
+    /// Connects with `kubeconfig`, or else the in-cluster config (the pod's service
+    /// account, `KUBERNETES_SERVICE_HOST`/`PORT`), or else `$KUBECONFIG`/`~/.kube/config`.
+    pub fn connect(kubeconfig: Option<&Path>) -> Result<KubeSource, SourceError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("podnet-kube")
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError(format!("starting the Kubernetes client's runtime: {e}")))?;
+        let client = runtime.block_on(async {
+            let config = match kubeconfig {
+                Some(path) => {
+                    let kc = Kubeconfig::read_from(path).map_err(|e| {
+                        SourceError(format!("kubeconfig {}: {e}", path.display()))
+                    })?;
+                    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                        .await
+                        .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))?
+                }
+                None => Config::infer().await.map_err(|e| {
+                    SourceError(format!(
+                        "no Kubernetes API configuration ({e}); run in a pod with a service account, or pass --kubeconfig"
+                    ))
+                })?,
+            };
+            Client::try_from(config)
+                .map_err(|e| SourceError(format!("building the Kubernetes client: {e}")))
+        })?;
+        let (tx, events) = channel();
+        {
+            let _entered = runtime.enter();
+            spawn_watch(
+                Api::<Node>::all(client.clone()),
+                watcher::Config::default(),
+                "nodes",
+                tx.clone(),
+                Msg::Node,
+            );
+            spawn_watch(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default().labels(SERVICE_SELECTOR),
+                "services",
+                tx.clone(),
+                Msg::Service,
+            );
+            spawn_watch(
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default().labels(SLICE_SELECTOR),
+                "endpointslices",
+                tx,
+                Msg::Slice,
+            );
+        }
+        Ok(KubeSource {
+            runtime,
+            client,
+            view: ClusterView::default(),
+            events,
+            nodes: Relist::default(),
+            services: Relist::default(),
+            slices: Relist::default(),
+            reported_synced: false,
+            last_error: None,
+        })
+    }
+
+    fn synced(&self) -> bool {
+        self.nodes.synced && self.services.synced && self.slices.synced
+    }
+
+    /// Applies one message; `true` if the view changed.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Node(ev) => match self.nodes.follow(ev) {
+                Step::None => false,
+                Step::Put(n) => self.view.put_node(n),
+                Step::Delete(n) => self.view.remove_node(&name_of(&n.metadata)),
+                Step::Replace(all) => {
+                    let keep: std::collections::BTreeSet<String> =
+                        all.iter().map(|n| name_of(&n.metadata)).collect();
+                    let gone: Vec<String> = self
+                        .view
+                        .nodes
+                        .keys()
+                        .filter(|k| !keep.contains(*k))
+                        .cloned()
+                        .collect();
+                    let mut changed = false;
+                    for name in gone {
+                        changed |= self.view.remove_node(&name);
+                    }
+                    for n in all {
+                        changed |= self.view.put_node(n);
+                    }
+                    changed
+                }
+            },
+            Msg::Service(ev) => match self.services.follow(ev) {
+                Step::None => false,
+                Step::Put(s) => self.view.put_service(key_of(&s.metadata), Some(s)),
+                Step::Delete(s) => self.view.put_service(key_of(&s.metadata), None),
+                Step::Replace(all) => {
+                    let all: BTreeMap<Key, Service> =
+                        all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
+                    let gone: Vec<Key> = self
+                        .view
+                        .services
+                        .keys()
+                        .filter(|k| !all.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    let mut changed = false;
+                    for k in gone {
+                        changed |= self.view.put_service(k, None);
+                    }
+                    for (k, s) in all {
+                        changed |= self.view.put_service(k, Some(s));
+                    }
+                    changed
+                }
+            },
+            Msg::Slice(ev) => match self.slices.follow(ev) {
+                Step::None => false,
+                Step::Put(s) => self.view.put_slice(key_of(&s.metadata), Some(s)),
+                Step::Delete(s) => self.view.put_slice(key_of(&s.metadata), None),
+                Step::Replace(all) => {
+                    let all: BTreeMap<Key, EndpointSlice> =
+                        all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
+                    let gone: Vec<Key> = self
+                        .view
+                        .slices
+                        .keys()
+                        .filter(|k| !all.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    let mut changed = false;
+                    for k in gone {
+                        changed |= self.view.put_slice(k, None);
+                    }
+                    for (k, s) in all {
+                        changed |= self.view.put_slice(k, Some(s));
+                    }
+                    changed
+                }
+            },
+            Msg::Error(e) => {
+                let repeat = self
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|(last, at)| *last == e && at.elapsed() < ERROR_LOG_EVERY);
+                if !repeat && self.synced() {
+                    tracing::warn!(
+                        "Kubernetes API: {e}; keeping the dataplane as it is and retrying"
+                    );
+                }
+                if !repeat {
+                    self.last_error = Some((e, Instant::now()));
+                }
+                false
+            }
+        }
+    }
+}
+
+fn name_of(m: &podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    m.name.clone().unwrap_or_default()
+}
+
+fn key_of(m: &podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (m.namespace.clone().unwrap_or_default(), name_of(m))
+}
+
+/// Runs one watcher on the current runtime, forwarding its events (and its errors, which
+/// it retries after a backoff) to the agent's thread.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    tx: Sender<Msg>,
+    wrap: fn(Event<K>) -> Msg,
+) where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let stream = watcher::watcher(api, config).default_backoff();
+    tokio::spawn(forward(stream, what, tx, wrap));
+}
+
+async fn forward<K>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    what: &'static str,
+    tx: Sender<Msg>,
+    wrap: fn(Event<K>) -> Msg,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let msg = match item {
+            Ok(ev) => wrap(ev),
+            Err(e) => Msg::Error(format!("watching {what}: {e}")),
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+impl Source for KubeSource {
+    fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError> {
+        let deadline = Instant::now() + timeout;
+        let mut changed = false;
+        loop {
+            let wait = if changed {
+                BATCH
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
+            match self.events.recv_timeout(wait) {
+                Ok(msg) => changed |= self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SourceError("the Kubernetes watchers stopped".into()))
+                }
+            }
+        }
+        if !self.synced() {
+            let why = self
+                .last_error
+                .as_ref()
+                .map(|(e, _)| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(SourceError(format!(
+                "waiting for the first list of nodes, services and endpointslices from the API server{why}"
+            )));
+        }
+        if !self.reported_synced {
+            self.reported_synced = true;
+            self.view.dirty.all = true;
+            return Ok(true);
+        }
+        Ok(changed)
+    }
+
+    fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
+    fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.view.dirty)
+    }
+
+    fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(
+                PATCH_TIMEOUT,
+                api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+        });
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(SourceError(format!("annotating node {node} ({key}): {e}"))),
+            Err(_) => Err(SourceError(format!(
+                "annotating node {node} ({key}): no answer from the API server within {PATCH_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
