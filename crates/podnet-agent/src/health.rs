@@ -98,15 +98,48 @@ impl Health {
         let mut out = String::new();
         let ready = u8::from(self.is_ready().is_ok());
         let rows: [(&str, &str, &str, f64); 6] = [
-            ("podnet_ready", "gauge", "1 when the node's network is configured", f64::from(ready)),
-            ("podnet_syncs_total", "counter", "dataplane syncs", self.syncs.load(Ordering::Relaxed) as f64),
-            ("podnet_sync_errors_total", "counter", "dataplane syncs that failed", self.sync_errors.load(Ordering::Relaxed) as f64),
-            ("podnet_last_sync_seconds", "gauge", "duration of the last dataplane sync", self.last_sync_micros.load(Ordering::Relaxed) as f64 / 1e6),
-            ("podnet_services", "gauge", "Services the proxy serves", self.services.load(Ordering::Relaxed) as f64),
-            ("podnet_peers", "gauge", "other nodes this node routes to", self.peers.load(Ordering::Relaxed) as f64),
+            (
+                "podnet_ready",
+                "gauge",
+                "1 when the node's network is configured",
+                f64::from(ready),
+            ),
+            (
+                "podnet_syncs_total",
+                "counter",
+                "dataplane syncs",
+                self.syncs.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "podnet_sync_errors_total",
+                "counter",
+                "dataplane syncs that failed",
+                self.sync_errors.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "podnet_last_sync_seconds",
+                "gauge",
+                "duration of the last dataplane sync",
+                self.last_sync_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "podnet_services",
+                "gauge",
+                "Services the proxy serves",
+                self.services.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "podnet_peers",
+                "gauge",
+                "other nodes this node routes to",
+                self.peers.load(Ordering::Relaxed) as f64,
+            ),
         ];
         for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }
@@ -209,7 +242,10 @@ mod tests {
         h.synced(true, Duration::from_millis(12), 3, 2);
         h.synced(false, Duration::from_millis(1), 3, 2);
         let m = h.metrics();
-        assert!(m.contains("# TYPE podnet_syncs_total counter\npodnet_syncs_total 2\n"), "{m}");
+        assert!(
+            m.contains("# TYPE podnet_syncs_total counter\npodnet_syncs_total 2\n"),
+            "{m}"
+        );
         assert!(m.contains("podnet_sync_errors_total 1\n"), "{m}");
         assert!(m.contains("podnet_services 3\n"), "{m}");
         assert!(m.contains("podnet_ready 0\n"), "{m}");

@@ -51,8 +51,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(
+                |_| // kube's client logs every failed request at error level; the agent
+                // reports what matters once, with what it does about it.
+                tracing_subscriber::EnvFilter::new("info,kube_client=off"),
+            ),
         )
         .init();
     let cli = Cli::parse();

@@ -45,9 +45,9 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Msg {
-    Node(Event<Node>),
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
+    Node(Box<Event<Node>>),
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
     Error(String),
 }
 
@@ -145,21 +145,21 @@ impl KubeSource {
                 watcher::Config::default(),
                 "nodes",
                 tx.clone(),
-                Msg::Node,
+                |e| Msg::Node(Box::new(e)),
             );
             spawn_watch(
                 Api::<Service>::all(client.clone()),
                 watcher::Config::default().labels(SERVICE_SELECTOR),
                 "services",
                 tx.clone(),
-                Msg::Service,
+                |e| Msg::Service(Box::new(e)),
             );
             spawn_watch(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(SLICE_SELECTOR),
                 "endpointslices",
                 tx,
-                Msg::Slice,
+                |e| Msg::Slice(Box::new(e)),
             );
         }
         Ok(KubeSource {
@@ -182,7 +182,7 @@ impl KubeSource {
     /// Applies one message; `true` if the view changed.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Node(ev) => match self.nodes.follow(ev) {
+            Msg::Node(ev) => match self.nodes.follow(*ev) {
                 Step::None => false,
                 Step::Put(n) => self.view.put_node(n),
                 Step::Delete(n) => self.view.remove_node(&name_of(&n.metadata)),
@@ -206,7 +206,7 @@ impl KubeSource {
                     changed
                 }
             },
-            Msg::Service(ev) => match self.services.follow(ev) {
+            Msg::Service(ev) => match self.services.follow(*ev) {
                 Step::None => false,
                 Step::Put(s) => self.view.put_service(key_of(&s.metadata), Some(s)),
                 Step::Delete(s) => self.view.put_service(key_of(&s.metadata), None),
@@ -230,7 +230,7 @@ impl KubeSource {
                     changed
                 }
             },
-            Msg::Slice(ev) => match self.slices.follow(ev) {
+            Msg::Slice(ev) => match self.slices.follow(*ev) {
                 Step::None => false,
                 Step::Put(s) => self.view.put_slice(key_of(&s.metadata), Some(s)),
                 Step::Delete(s) => self.view.put_slice(key_of(&s.metadata), None),

@@ -32,7 +32,11 @@ pub fn run(args: InstallCniArgs) -> anyhow::Result<()> {
             .with_file_name(PLUGIN),
     };
     let installed = install(&from, &args.to)?;
-    println!("installed {} (from {})", installed.display(), from.display());
+    println!(
+        "installed {} (from {})",
+        installed.display(),
+        from.display()
+    );
     Ok(())
 }
 

@@ -1,0 +1,594 @@
+//! `podnet agent --source kubernetes` against the HTTP a kube-apiserver sends (lists,
+//! watches with bookmarks, `410 Gone`, dropped connections, an unreachable server),
+//! replayed by podnet-testkit's fake API server with objects shaped as the Kubernetes
+//! API reference shows them. The agent runs as the real binary inside a namespace the
+//! test made (the node), with the fake server on that namespace's loopback; the test
+//! checks the routes, VXLAN entries and Service rules it programs there, its health
+//! endpoints and CNI config, its Node annotations, and that it calls nothing the
+//! DaemonSet's ClusterRole does not grant.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podnet_agent::source::kubernetes::API_CALLS;
+use podnet_kernel::netlink::Netlink;
+use podnet_kernel::NetNs;
+use podnet_testkit::apiserver::FakeApiServer;
+use podnet_testkit::{in_netns, Fixture};
+use serde_json::{json, Value};
+
+const PODNET: &str = env!("CARGO_BIN_EXE_podnet");
+const ROUTE_PROTOCOL: u8 = 112;
+
+/// Kills the agent before the fixture removes its namespace.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One node (a namespace with an underlay interface), its agent and the API server.
+/// Fields drop in order: agent, then server, then the namespace.
+struct Node {
+    agent: Option<Agent>,
+    api: FakeApiServer,
+    ns: NetNs,
+    dir: PathBuf,
+    _fx: Fixture,
+}
+
+fn run_in(ns: &NetNs, args: &[&str]) -> String {
+    let out = in_netns(Command::new(args[0]).args(&args[1..]), ns)
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node_object(name: &str, ip: &str, cidr: Option<&str>) -> Value {
+    let mut spec = json!({"providerID": format!("kind://docker/kind/{name}")});
+    if let Some(c) = cidr {
+        spec["podCIDR"] = json!(c);
+        spec["podCIDRs"] = json!([c]);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///run/containerd/containerd.sock"}
+        },
+        "spec": spec,
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name}
+            ],
+            "capacity": {"cpu": "2", "memory": "24573604Ki", "pods": "110"},
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": "2026-11-26T10:00:00Z",
+                "lastTransitionTime": "2026-11-26T09:00:00Z"
+            }],
+            "nodeInfo": {
+                "architecture": "amd64", "bootID": "3e3a2c5e-0b6a-4f7b-9d7e-1c2b3a4d5e6f",
+                "containerRuntimeVersion": "containerd://1.7.24", "kernelVersion": "6.18.0",
+                "kubeProxyVersion": "", "kubeletVersion": "v1.34.1",
+                "machineID": "0123456789abcdef0123456789abcdef", "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "systemUUID": "0123456789abcdef0123456789abcdef"
+            }
+        }
+    })
+}
+
+fn service_object(name: &str, cluster_ip: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080}]
+        },
+        "status": {"loadBalancer": {}}
+    })
+}
+
+fn slice_object(service: &str, endpoints: &[(&str, &str, bool)]) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, node, ready)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("{service}-{ip}")}
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-x7k2p"),
+            "namespace": "default",
+            "generateName": format!("{service}-"),
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
+            },
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service,
+                "uid": "6b1f3d0e-2c4a-4e8b-9f1a-0a1b2c3d4e5f", "controller": true, "blockOwnerDeletion": true}]
+        },
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+impl Node {
+    fn new(label: &str) -> Node {
+        let mut fx = Fixture::new(label);
+        let ns = fx.netns("node1");
+        let dir = fx.dir().to_path_buf();
+        run_in(&ns, &["ip", "link", "set", "lo", "up"]);
+        run_in(
+            &ns,
+            &[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "wire0",
+            ],
+        );
+        run_in(&ns, &["ip", "addr", "add", "192.0.2.11/24", "dev", "eth0"]);
+        run_in(&ns, &["ip", "link", "set", "eth0", "up"]);
+        run_in(&ns, &["ip", "link", "set", "wire0", "up"]);
+        let api = FakeApiServer::start_in(&ns);
+        Node {
+            agent: None,
+            api,
+            ns,
+            dir,
+            _fx: fx,
+        }
+    }
+
+    fn start_agent(&mut self, backend: &str) {
+        let kubeconfig = self.dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: podnet\n  user:\n    token: not-a-secret\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: podnet\ncurrent-context: fake\n",
+                self.api.url()
+            ),
+        )
+        .expect("write kubeconfig");
+        let config = self.dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!("backend: {backend}\nclusterCIDR: 10.244.0.0/16\nserviceCIDR: 10.96.0.0/12\nmtu:\nvni: 1\n"),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(self.dir.join("agent.log")).expect("agent log");
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        let child = in_netns(
+            Command::new(PODNET).args([
+                "agent",
+                "--source",
+                "kubernetes",
+                "--kubeconfig",
+                &d("kubeconfig"),
+                "--node",
+                "node-1",
+                "--config",
+                &d("config.yaml"),
+                "--health-addr",
+                "127.0.0.1:9099",
+                "--cni-conf-dir",
+                &d("net.d"),
+                "--node-file",
+                &d("node.json"),
+                "--ipam-dir",
+                &d("ipam"),
+            ]),
+            &self.ns,
+        )
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the agent");
+        self.agent = Some(Agent(child));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// GET on the agent's health server, from inside the node.
+    fn health(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        self.ns
+            .run(move || -> std::io::Result<(u16, String)> {
+                let addr = "127.0.0.1:9099".parse().map_err(std::io::Error::other)?;
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                write!(
+                    c,
+                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut out = String::new();
+                c.read_to_string(&mut out)?;
+                let code = out
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+                Ok((code, body))
+            })
+            .ok()?
+            .ok()
+    }
+
+    /// podnet's routes in the node: destination -> gateway.
+    fn routes(&self) -> Vec<(String, String)> {
+        let mut nl = Netlink::open_in(&self.ns).expect("netlink in the node");
+        let mut r: Vec<(String, String)> = nl
+            .routes()
+            .expect("routes")
+            .into_iter()
+            .filter(|r| r.protocol == ROUTE_PROTOCOL)
+            .map(|r| {
+                (
+                    r.destination.to_string(),
+                    r.gateway.map(|g: IpAddr| g.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    }
+
+    fn nft_map(&self, map: &str) -> String {
+        let out = in_netns(
+            Command::new("nft").args(["list", "map", "inet", "podnet", map]),
+            &self.ns,
+        )
+        .output()
+        .expect("run nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Node) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if ok(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for: {what}\nagent log:\n{}",
+            self.log()
+        );
+    }
+}
+
+fn has_route(n: &Node, dst: &str, via: &str) -> bool {
+    n.routes().contains(&(dst.to_string(), via.to_string()))
+}
+
+#[test]
+fn agent_follows_the_api_server_through_watches_gone_and_outages() {
+    let mut n = Node::new("k8s");
+    // node-1 is registered but has no pod CIDR yet (no --allocate-node-cidrs).
+    n.api
+        .apply("nodes", node_object("node-1", "192.0.2.11", None));
+    n.api.apply(
+        "nodes",
+        node_object("node-2", "192.0.2.12", Some("10.244.2.0/24")),
+    );
+    n.start_agent("host-gw");
+
+    // Not ready, and it says why, on /readyz and in the log; no CNI config yet.
+    n.wait_for(
+        "/readyz naming the missing pod CIDR",
+        Duration::from_secs(20),
+        |n| {
+            n.health("/readyz")
+                .is_some_and(|(code, body)| code == 503 && body.contains("no pod CIDR"))
+        },
+    );
+    assert_eq!(n.health("/healthz").map(|h| h.0), Some(200));
+    assert!(!n.dir.join("net.d/10-podnet.conflist").exists());
+    assert!(n.log().contains("spec.podCIDRs"), "{}", n.log());
+
+    // The controller-manager allocates node-1's CIDR: the node becomes ready.
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.wait_for("the CNI config", Duration::from_secs(10), |n| {
+        n.dir.join("net.d/10-podnet.conflist").exists()
+    });
+    let node_file = std::fs::read_to_string(n.dir.join("node.json")).expect("node file");
+    assert!(node_file.contains("10.244.1.0/24"), "{node_file}");
+    assert_eq!(n.health("/readyz").map(|h| h.0), Some(200));
+    assert!(
+        has_route(&n, "10.244.2.0/24", "192.0.2.12"),
+        "{:?}",
+        n.routes()
+    );
+    // It published its address on its Node object (a merge patch).
+    n.wait_for("the node-ip annotation", Duration::from_secs(5), |n| {
+        n.api.get("nodes", None, "node-1").is_some_and(|o| {
+            o["metadata"]["annotations"]["podnet.io/node-ip"] == "192.0.2.11"
+                && o["metadata"]["annotations"]["kubeadm.alpha.kubernetes.io/cri-socket"]
+                    .is_string()
+        })
+    });
+
+    // A Service and its EndpointSlice become rules.
+    n.api
+        .apply("services", service_object("web", "10.96.0.20", 80));
+    n.api.apply(
+        "endpointslices",
+        slice_object(
+            "web",
+            &[
+                ("10.244.2.5", "node-2", true),
+                ("10.244.2.6", "node-2", false),
+            ],
+        ),
+    );
+    n.wait_for(
+        "web's ClusterIP in service-ips",
+        Duration::from_secs(5),
+        |n| n.nft_map("service-ips").contains("10.96.0.20 . tcp . 80"),
+    );
+    n.wait_for("web's ready endpoint", Duration::from_secs(5), |n| {
+        n.nft_map("ep-1").contains("10.244.2.5 . 8080")
+    });
+    assert!(
+        !n.nft_map("ep-1").contains("10.244.2.6"),
+        "a not-ready endpoint gets no traffic"
+    );
+
+    // Bookmarks change nothing.
+    n.api.bookmark();
+
+    // A dropped connection: the watchers reconnect and carry on from where they were.
+    n.api.drop_watches();
+    n.api.apply(
+        "nodes",
+        node_object("node-3", "192.0.2.13", Some("10.244.3.0/24")),
+    );
+    n.wait_for(
+        "node-3's route after a dropped watch",
+        Duration::from_secs(10),
+        |n| has_route(n, "10.244.3.0/24", "192.0.2.13"),
+    );
+    n.api.apply(
+        "endpointslices",
+        slice_object(
+            "web",
+            &[
+                ("10.244.2.5", "node-2", true),
+                ("10.244.3.7", "node-3", true),
+            ],
+        ),
+    );
+    n.wait_for(
+        "the new endpoint (one change, within a second)",
+        Duration::from_secs(1),
+        |n| n.nft_map("ep-2").contains("10.244.3.7 . 8080"),
+    );
+
+    // The API server goes away: the dataplane stays as it is, the agent stays alive.
+    n.api.set_down(true);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(has_route(&n, "10.244.3.0/24", "192.0.2.13"));
+    assert!(n.nft_map("service-ips").contains("10.96.0.20 . tcp . 80"));
+    assert_eq!(n.health("/healthz").map(|h| h.0), Some(200));
+    // Meanwhile node-3 leaves and web loses its endpoints, and the history is compacted:
+    // the watchers' resource versions are gone (410), so they must list again.
+    n.api.delete("nodes", None, "node-3");
+    n.api.delete("endpointslices", Some("default"), "web-x7k2p");
+    n.api.compact();
+    let lists_before = n
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
+        .count();
+    n.api.set_down(false);
+    n.wait_for(
+        "node-3's route gone after the relist",
+        Duration::from_secs(30),
+        |n| !n.routes().iter().any(|r| r.0 == "10.244.3.0/24"),
+    );
+    n.wait_for(
+        "web without endpoints: rejected at once",
+        Duration::from_secs(5),
+        |n| !n.nft_map("service-ips").contains("10.96.0.20 . tcp . 80"),
+    );
+    let lists_after = n
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "410 Gone made the watchers list again"
+    );
+    assert!(has_route(&n, "10.244.2.0/24", "192.0.2.12"));
+
+    // A relist that finds nothing new changes nothing in the kernel: while the server is
+    // down only node-2's heartbeat changes, which the agent does not read.
+    std::thread::sleep(Duration::from_millis(500));
+    let log_before = n.log().len();
+    n.api.set_down(true);
+    let mut beat = node_object("node-2", "192.0.2.12", Some("10.244.2.0/24"));
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-11-26T10:00:40Z");
+    n.api.apply("nodes", beat);
+    n.api.compact();
+    n.api.set_down(false);
+    n.wait_for("another relist", Duration::from_secs(30), |n| {
+        n.api
+            .requests()
+            .iter()
+            .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
+            .count()
+            >= lists_after + 3
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let since = n.log()[log_before..].to_string();
+    assert!(
+        !since.contains("applied"),
+        "an unchanged relist applied something:\n{since}"
+    );
+
+    // Every call the agent made is one the ClusterRole grants (deploy.rs checks that the
+    // ClusterRole grants exactly API_CALLS).
+    let requests = n.api.requests();
+    assert!(requests.iter().any(|r| r.method == "PATCH"));
+    for r in &requests {
+        let (group, resource, verb) = r
+            .verb_and_resource()
+            .unwrap_or_else(|| panic!("a call outside the API's resources: {r:?}"));
+        assert!(
+            API_CALLS.iter().any(|(g, res, verbs)| *g == group
+                && *res == resource
+                && verbs.contains(&verb.as_str())),
+            "the agent called {verb} {group}/{resource} ({} {}?{}), which API_CALLS (and so the ClusterRole) does not grant",
+            r.method,
+            r.path,
+            r.query
+        );
+    }
+}
+
+#[test]
+fn vxlan_agent_publishes_its_vtep_and_tunnels_to_annotated_peers() {
+    let mut n = Node::new("k8svx");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    let mut peer = node_object("node-2", "192.0.2.12", Some("10.244.2.0/24"));
+    peer["metadata"]["annotations"]["podnet.io/vtep-mac"] = json!("0e:58:c0:00:02:0c");
+    n.api.apply("nodes", peer);
+    n.start_agent("vxlan");
+    n.wait_for(
+        "node-1's VTEP MAC on its Node",
+        Duration::from_secs(20),
+        |n| {
+            n.api.get("nodes", None, "node-1").is_some_and(|o| {
+                o["metadata"]["annotations"]["podnet.io/vtep-mac"] == "0e:58:c0:00:02:0b"
+            })
+        },
+    );
+    // Flannel's order: neighbour and FDB entries, then the on-link route via the VTEP.
+    n.wait_for(
+        "the route to node-2's pods through the tunnel",
+        Duration::from_secs(10),
+        |n| has_route(n, "10.244.2.0/24", "10.244.2.0"),
+    );
+    let fdb = run_in(&n.ns, &["bridge", "fdb", "show", "dev", "podnet.vxlan"]);
+    assert!(
+        fdb.contains("0e:58:c0:00:02:0c dst 192.0.2.12"),
+        "FDB entry for node-2: {fdb}"
+    );
+    let neigh = run_in(&n.ns, &["ip", "neigh", "show", "dev", "podnet.vxlan"]);
+    assert!(
+        neigh.contains("10.244.2.0 lladdr 0e:58:c0:00:02:0c PERMANENT"),
+        "{neigh}"
+    );
+    let conflist = std::fs::read_to_string(n.dir.join("node.json")).expect("node file");
+    assert!(
+        conflist.contains("\"mtu\":1450"),
+        "vxlan pod MTU: {conflist}"
+    );
+}
+
+#[test]
+fn install_cni_replaces_the_plugin_atomically() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fx = Fixture::new("instcni");
+    let bin = fx.dir().join("opt/cni/bin");
+    let install = |from: &str| {
+        Command::new(PODNET)
+            .args(["install-cni", "--from", from, "--to"])
+            .arg(&bin)
+            .output()
+            .expect("run podnet install-cni")
+    };
+    // Any executable stands for the plugin here; podnet itself is one.
+    let out = install(PODNET);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugin = bin.join("podnet-cni");
+    let first = std::fs::metadata(&plugin).expect("installed");
+    assert_eq!(first.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read(&plugin).expect("read"),
+        std::fs::read(PODNET).expect("read")
+    );
+    // Again: a new file renamed over the old one (a running plugin keeps its inode).
+    let out = install(PODNET);
+    assert!(out.status.success());
+    let second = std::fs::metadata(&plugin).expect("installed");
+    assert_ne!(
+        first.ino(),
+        second.ino(),
+        "replaced by rename, not rewritten in place"
+    );
+    let names: Vec<_> = std::fs::read_dir(&bin)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("podnet-cni")],
+        "no temporary file left"
+    );
+    // Not a binary: refused, and the installed plugin is untouched.
+    let text = fx.dir().join("not-a-plugin");
+    std::fs::write(&text, "#!/bin/sh\n").expect("write");
+    let out = install(&text.display().to_string());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an executable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&plugin).expect("still there").ino(),
+        second.ino()
+    );
+}
