@@ -48,7 +48,13 @@ impl Dataplane {
     }
 
     /// Forwarding and the sysctls the datapath needs, in this node's namespace.
-    pub fn sysctls(&self) -> Result<(), DataplaneError> {
+    ///
+    /// Unless `bridge_netfilter`, bridged pod-to-pod frames skip the IP netfilter hooks
+    /// (`bridge-nf-call-*` = 0 where br_netfilter is loaded): podnet's rules do not need
+    /// them (same-node Service traffic is routed and masqueraded, see `ruleset::base`),
+    /// and running every bridged frame through conntrack costs a third of a same-node
+    /// round trip.
+    pub fn sysctls(&self, bridge_netfilter: bool) -> Result<(), DataplaneError> {
         for (k, v) in [
             ("net.ipv4.ip_forward", "1"),
             // Replies to the node's own pod traffic come back over the underlay while the
@@ -56,6 +62,13 @@ impl Dataplane {
             ("net.ipv4.conf.all.rp_filter", "2"),
         ] {
             sysctl::set(k, v).map_err(|source| DataplaneError::Io {
+                what: format!("set {k}"),
+                source,
+            })?;
+        }
+        let bridge_nf = if bridge_netfilter { "1" } else { "0" };
+        for k in sysctl::BRIDGE_NF_CALL {
+            sysctl::set_if_present(k, bridge_nf).map_err(|source| DataplaneError::Io {
                 what: format!("set {k}"),
                 source,
             })?;

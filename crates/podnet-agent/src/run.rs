@@ -46,6 +46,9 @@ pub struct AgentConfig {
     pub service_cidr: Option<Ipv4Net>,
     /// The pods' MTU; `None`: the underlay's, minus the encapsulation overhead.
     pub mtu: Option<u32>,
+    /// Leave br_netfilter on for bridged pod traffic (for other software on the node
+    /// that relies on it); podnet itself does not need it.
+    pub bridge_netfilter: bool,
     /// What the health endpoints report.
     pub health: Arc<Health>,
 }
@@ -62,7 +65,7 @@ pub enum AgentError {
 /// dataplane is left as it is meanwhile (and when the agent stops), so traffic flows on.
 pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentError> {
     let mut dp = Dataplane::new()?;
-    dp.sysctls()?;
+    dp.sysctls(config.bridge_netfilter)?;
     let mut backoff = Duration::from_millis(100);
     let mut written: Option<String> = None;
     let mut last_nft_check = Instant::now();

@@ -20,6 +20,23 @@ pub fn set(key: &str, value: &str) -> io::Result<()> {
     fs::write(&p, value).map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}={value}: {e}")))
 }
 
+/// Like [`set`], for a sysctl that exists only when a module is loaded (e.g.
+/// `net.bridge.*` with br_netfilter); `Ok(false)` when it does not exist.
+pub fn set_if_present(key: &str, value: &str) -> io::Result<bool> {
+    if !path(key).exists() {
+        return Ok(false);
+    }
+    set(key, value).map(|()| true)
+}
+
+/// The three `net.bridge.bridge-nf-call-*` sysctls: whether bridged frames also run
+/// through the IPv4, IPv6 and ARP netfilter hooks (br_netfilter).
+pub const BRIDGE_NF_CALL: [&str; 3] = [
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+];
+
 /// Reads the sysctl `key`.
 pub fn get(key: &str) -> io::Result<String> {
     fs::read_to_string(path(key))

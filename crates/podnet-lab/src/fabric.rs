@@ -70,6 +70,17 @@ pub fn build_fabric(layout: &Layout) -> Result<NetNs, FabricError> {
         .run(|| sysctl::set("net.ipv4.ip_forward", "1"))
         .map_err(err("enter the fabric"))?
         .map_err(err("enable forwarding in the fabric"))?;
+    // The switch only switches: without this, br_netfilter (when the host has it) would
+    // run every frame crossing it through the fabric's IP hooks, a cost no real switch adds.
+    fabric
+        .run(|| -> std::io::Result<()> {
+            for key in sysctl::BRIDGE_NF_CALL {
+                sysctl::set_if_present(key, "0")?;
+            }
+            Ok(())
+        })
+        .map_err(err("enter the fabric"))?
+        .map_err(err("turn off br_netfilter on the switch"))?;
     connect(
         &mut fnl,
         "external",

@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// With vxlan: plain routes to peers on this node's network, the tunnel for the rest.
     #[arg(long)]
     direct_routing: bool,
+    /// Keep bridged pod-to-pod frames going through the IP netfilter hooks (br_netfilter's
+    /// bridge-nf-call-* sysctls at 1), for other software on the node that relies on
+    /// them; podnet does not, and turns them off by default (faster same-node traffic).
+    #[arg(long)]
+    bridge_netfilter: bool,
     /// The node bridge pods attach to.
     #[arg(long, default_value = "podnet0")]
     bridge: String,
@@ -128,6 +133,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         cluster_cidr: cluster_cidr.trunc(),
         service_cidr: c.service_cidr.map(|n| n.trunc()),
         mtu: c.mtu,
+        bridge_netfilter: args.bridge_netfilter,
         health,
     };
     let mut source: Box<dyn Source> = match args.source {
