@@ -102,6 +102,13 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
         };
         let dirty = source.take_dirty();
+        if changed {
+            tracing::debug!(
+                all = dirty.all,
+                services = dirty.services.len(),
+                "the cluster view changed"
+            );
+        }
         pending.all |= dirty.all;
         pending.services.extend(dirty.services);
         let view = source.view();

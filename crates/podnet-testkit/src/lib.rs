@@ -19,6 +19,8 @@ use nix::sched::{setns, CloneFlags};
 pub use podnet_kernel::netns;
 use podnet_kernel::NetNs;
 
+pub mod apiserver;
+
 /// Every test artefact starts with this, then the creating process's pid.
 pub const PREFIX: &str = "pntest-";
 
