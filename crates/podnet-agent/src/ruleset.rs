@@ -69,6 +69,8 @@ pub const SETS: &[(&str, &str)] = &[
 /// br_netfilter runs the IPv4 postrouting hook with no input device, so `iifname` is
 /// empty and never matches. The forward hook sees input and output = the bridge both
 /// when the packet is bridged that way and when it is routed (no br_netfilter).
+/// Refusing is for new connections only: the packets of established flows (nearly all)
+/// pass the filter hooks with one conntrack-state check and no lookups.
 /// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
 /// the names only for some hooks.
 pub fn base(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) -> String {
@@ -96,11 +98,11 @@ pub fn base(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) 
          \t}}\n\
          \tchain filter-prerouting {{\n\
          \t\ttype filter hook prerouting priority -110; policy accept;\n\
-         \t\tjump services-reject\n\
+         \t\tct state new jump services-reject\n\
          \t}}\n\
          \tchain filter-output {{\n\
          \t\ttype filter hook output priority -110; policy accept;\n\
-         \t\tjump services-reject\n\
+         \t\tct state new jump services-reject\n\
          \t}}\n\
          \tchain services {{\n\
          \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\

@@ -197,10 +197,20 @@ impl Store {
             .filter(|o| o.kind() == Kind::Namespace)
             .map(|o| o.name().to_string())
             .collect();
-        // Admission of the whole batch first, against a scratch copy of the allocations.
+        // Admission of the whole batch first, against a scratch copy of the allocations
+        // (made only when the batch has a Service: with 10,000 of them it is not free).
         let mut admitted = Vec::with_capacity(objs.len());
-        let mut taken_ips = self.allocated_cluster_ips();
-        let mut taken_ports = self.allocated_node_ports();
+        let services = objs.iter().any(|o| o.kind() == Kind::Service);
+        let mut taken_ips = if services {
+            self.allocated_cluster_ips()
+        } else {
+            BTreeMap::new()
+        };
+        let mut taken_ports = if services {
+            self.allocated_node_ports()
+        } else {
+            BTreeMap::new()
+        };
         for obj in objs {
             let r = obj.reference();
             if let Some(ns) = &r.namespace {

@@ -157,12 +157,18 @@ fn endpoints_follow_scaling_within_a_second() {
 }
 
 #[test]
-fn no_endpoints_and_unserved_ports_refuse_at_once() {
+fn no_endpoints_unserved_ports_and_unallocated_addresses_refuse_at_once() {
     let lab = Lab::up(1, &[]);
     lab.apply(&app(0, "", "node-1"));
     lab.wait_ready("pod/client", "30s");
     let ip = cluster_ip(&lab, "web");
-    for target in [format!("{ip}:80"), format!("{ip}:81")] {
+    // web's ClusterIP without endpoints, a port it does not serve, and an address of the
+    // service CIDR (10.96.0.0/16) that no Service has.
+    for target in [
+        format!("{ip}:80"),
+        format!("{ip}:81"),
+        "10.96.200.200:80".to_string(),
+    ] {
         let started = Instant::now();
         let out = lab.exec(
             "client",
