@@ -8,10 +8,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
+use podnet_kernel::nftables::NfTables;
 use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
-use crate::ruleset::{self, Tracked};
+use crate::ruleset::{self, Tracked, Transaction};
 use crate::services::StaleUdp;
 use podnet_kernel::conntrack::{Conntrack, Flow, PROTO_UDP};
 
@@ -34,6 +35,8 @@ pub enum DataplaneError {
 pub struct Dataplane {
     nl: Netlink,
     conntrack: Conntrack,
+    /// nf_tables over netlink: ordinary syncs (element changes) and the table check.
+    nftnl: NfTables,
     /// Whether podnet's table has been written once (so it can have vanished).
     nft_synced: bool,
 }
@@ -43,6 +46,10 @@ impl Dataplane {
         Ok(Dataplane {
             nl: Netlink::open()?,
             conntrack: Conntrack::open().map_err(|e| DataplaneError::Underlay(e.to_string()))?,
+            nftnl: NfTables::open().map_err(|source| DataplaneError::Io {
+                what: "open an nf_tables netlink socket".into(),
+                source,
+            })?,
             nft_synced: false,
         })
     }
@@ -281,31 +288,63 @@ impl Dataplane {
         check_table: bool,
     ) -> Result<usize, DataplaneError> {
         if check_table && self.nft_synced {
-            let exists =
-                nft::table_exists("inet", ruleset::TABLE).map_err(|source| DataplaneError::Io {
-                    what: "list nftables tables".into(),
+            let have = self
+                .nftnl
+                .chains(ruleset::TABLE)
+                .map_err(|source| DataplaneError::Io {
+                    what: "check podnet's nftables table".into(),
                     source,
                 })?;
-            if !exists {
-                tracing::warn!("podnet's nftables table is gone; writing it again");
-                table.failed();
+            match have {
+                None => {
+                    tracing::warn!("podnet's nftables table is gone; writing it again");
+                    table.failed();
+                }
+                Some(have) => {
+                    let missing: Vec<String> =
+                        table.want().chains().difference(&have).cloned().collect();
+                    if !missing.is_empty() {
+                        tracing::warn!(
+                            "chains of podnet's nftables table are gone ({}); writing it again",
+                            missing.join(", ")
+                        );
+                        table.failed();
+                    }
+                }
             }
         }
-        let Some(script) = table.transaction() else {
+        let Some(tx) = table.changes() else {
             return Ok(0);
         };
-        match nft::apply(&script) {
+        // Element changes go over netlink: `nft` would first read back the whole table
+        // (over a second at 10,000 Services). Everything else is a script for `nft`.
+        let netlink = match &tx {
+            Transaction::Elements(sets) => ruleset::encode(sets).ok(),
+            Transaction::Script(_) => None,
+        };
+        let result = match netlink {
+            Some(changes) => {
+                self.nftnl
+                    .commit(ruleset::TABLE, &changes)
+                    .map_err(|e| DataplaneError::Io {
+                        what: "commit nftables elements".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+            }
+            None => nft::apply(&tx.script()).map_err(|source| DataplaneError::Io {
+                what: "apply nftables".into(),
+                source,
+            }),
+        };
+        match result {
             Ok(()) => {
                 table.committed();
                 self.nft_synced = true;
-                Ok(script.lines().count())
+                Ok(tx.size())
             }
-            Err(source) => {
+            Err(e) => {
                 table.failed();
-                Err(DataplaneError::Io {
-                    what: "apply nftables".into(),
-                    source,
-                })
+                Err(e)
             }
         }
     }

@@ -8,10 +8,11 @@
 //! creates an extra when a new endpoint count appears): no rule or chain is rewritten,
 //! nothing is flushed, and the kernel never re-validates the whole table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 
 use ipnet::Ipv4Net;
+use podnet_kernel::nftables;
 
 /// podnet's own table; podnet touches no other.
 pub const TABLE: &str = "podnet";
@@ -26,6 +27,25 @@ pub struct Ruleset {
     pub extras: BTreeMap<String, Extra>,
     /// Elements by set or map name: key → value (empty for plain sets).
     pub elements: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Ruleset {
+    /// The chains this table has: the base's and the extras'. A drift check compares
+    /// them with the kernel's.
+    pub fn chains(&self) -> BTreeSet<String> {
+        let base = self.base.lines().filter_map(|l| {
+            l.trim()
+                .strip_prefix("chain ")
+                .and_then(|r| r.strip_suffix(" {"))
+        });
+        let prefix = format!("add chain inet {TABLE} ");
+        let extras = self
+            .extras
+            .values()
+            .flat_map(|e| e.create.lines())
+            .filter_map(|l| l.strip_prefix(prefix.as_str()));
+        base.chain(extras).map(str::to_string).collect()
+    }
 }
 
 /// Chains, maps or sets made on demand: the commands that create them, and those that
@@ -281,6 +301,143 @@ pub fn transaction(committed: Option<&Ruleset>, want: &Ruleset) -> Option<String
     (!out.is_empty()).then_some(out)
 }
 
+/// One set's (or map's) element changes in a transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ElementChanges {
+    pub set: String,
+    /// Keys to delete (before the adds: a changed value is a delete and an add).
+    pub delete: Vec<String>,
+    /// (key, value; empty for a plain set) to add.
+    pub add: Vec<(String, String)>,
+}
+
+/// What a sync sends to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transaction {
+    /// The whole table, or chains and maps created or deleted: an `nft -f` script.
+    Script(String),
+    /// Only elements change (an ordinary sync): small enough to send over netlink
+    /// without `nft` reading the whole table first.
+    Elements(Vec<ElementChanges>),
+}
+
+impl Transaction {
+    /// The transaction as `nft` commands: all deletes, then all adds.
+    pub fn script(&self) -> String {
+        match self {
+            Transaction::Script(s) => s.clone(),
+            Transaction::Elements(sets) => {
+                let mut out = String::new();
+                for c in sets.iter().filter(|c| !c.delete.is_empty()) {
+                    elements(&mut out, "delete", &c.set, &c.delete);
+                }
+                for c in sets.iter().filter(|c| !c.add.is_empty()) {
+                    let items: Vec<String> = c.add.iter().map(|(k, v)| item(k, v)).collect();
+                    elements(&mut out, "add", &c.set, &items);
+                }
+                out
+            }
+        }
+    }
+
+    /// How many commands (script lines) or element changes it carries.
+    pub fn size(&self) -> usize {
+        match self {
+            Transaction::Script(s) => s.lines().count(),
+            Transaction::Elements(sets) => sets.iter().map(|c| c.delete.len() + c.add.len()).sum(),
+        }
+    }
+}
+
+/// Element changes as nf_tables netlink carries them, typed from podnet's own element
+/// syntax (the sets' types are podnet's, so the text is known to be one of a few forms).
+pub fn encode(sets: &[ElementChanges]) -> Result<Vec<nftables::Change>, String> {
+    let mut out = Vec::new();
+    for c in sets.iter().filter(|c| !c.delete.is_empty()) {
+        out.push(nftables::Change {
+            op: nftables::Op::Delete,
+            set: c.set.clone(),
+            elements: c
+                .delete
+                .iter()
+                .map(|k| {
+                    Ok(nftables::Element {
+                        key: encode_key(&c.set, k)?,
+                        data: nftables::ElementData::None,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        });
+    }
+    for c in sets.iter().filter(|c| !c.add.is_empty()) {
+        out.push(nftables::Change {
+            op: nftables::Op::Add,
+            set: c.set.clone(),
+            elements: c
+                .add
+                .iter()
+                .map(|(k, v)| {
+                    Ok(nftables::Element {
+                        key: encode_key(&c.set, k)?,
+                        data: encode_data(v)?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        });
+    }
+    Ok(out)
+}
+
+/// A key: `.`-separated addresses, protocols and ports; in an endpoint map (`ep-N`,
+/// `np-ep-N`) the last number is the `numgen` result, a 32-bit value.
+fn encode_key(set: &str, key: &str) -> Result<Vec<u8>, String> {
+    let numgen_last = set.starts_with("ep-") || set.starts_with("np-ep-");
+    let tokens: Vec<&str> = key.split(" . ").collect();
+    let fields = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if numgen_last && i + 1 == tokens.len() {
+                t.parse().map(nftables::Datum::U32).map_err(|_| ())
+            } else {
+                datum(t)
+            }
+        })
+        .collect::<Result<Vec<_>, ()>>()
+        .map_err(|()| format!("element {key:?} of {set}: not a key podnet writes"))?;
+    Ok(nftables::encode(&fields))
+}
+
+fn encode_data(value: &str) -> Result<nftables::ElementData, String> {
+    if value.is_empty() {
+        return Ok(nftables::ElementData::None);
+    }
+    if let Some(chain) = value.strip_prefix("goto ") {
+        return Ok(nftables::ElementData::Goto(chain.to_string()));
+    }
+    if let Some(chain) = value.strip_prefix("jump ") {
+        return Ok(nftables::ElementData::Jump(chain.to_string()));
+    }
+    let fields = value
+        .split(" . ")
+        .map(datum)
+        .collect::<Result<Vec<_>, ()>>()
+        .map_err(|()| format!("element value {value:?}: not a value podnet writes"))?;
+    Ok(nftables::ElementData::Value(nftables::encode(&fields)))
+}
+
+fn datum(t: &str) -> Result<nftables::Datum, ()> {
+    Ok(match t {
+        "tcp" => nftables::Datum::Proto(6),
+        "udp" => nftables::Datum::Proto(17),
+        "sctp" => nftables::Datum::Proto(132),
+        _ => match t.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => nftables::Datum::Ipv4(ip),
+            Err(_) => nftables::Datum::Port(t.parse().map_err(|_| ())?),
+        },
+    })
+}
+
 /// The table as the agent keeps it: what it wants now, and what changed since the last
 /// commit, so a transaction costs what changed, not the size of the table.
 #[derive(Debug, Clone)]
@@ -348,46 +505,58 @@ impl Tracked {
         }
     }
 
-    /// The transaction to commit, if any.
+    /// The transaction to commit, if any, as an `nft` script.
     pub fn transaction(&self) -> Option<String> {
+        self.changes().map(|t| t.script())
+    }
+
+    /// The transaction to commit, if any: only element changes when that is all there is
+    /// (an ordinary sync), else a script.
+    pub fn changes(&self) -> Option<Transaction> {
         if self.full {
-            return transaction(None, &self.want);
+            return transaction(None, &self.want).map(Transaction::Script);
         }
-        let mut out = String::new();
+        let mut creates = String::new();
         let mut gone_extras = Vec::new();
         for (name, was) in &self.touched_extras {
             match (self.want.extras.get(name), was) {
-                (Some(e), false) => out.push_str(&e.create),
+                (Some(e), false) => creates.push_str(&e.create),
                 (None, true) => gone_extras.push(name),
                 _ => {}
             }
         }
-        let mut deletes: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        let mut adds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut by_set: BTreeMap<&str, ElementChanges> = BTreeMap::new();
         for ((set, key), was) in &self.touched {
             let now = self.want.elements.get(set).and_then(|e| e.get(key));
             if now == was.as_ref() {
                 continue;
             }
+            let c = by_set.entry(set).or_insert_with(|| ElementChanges {
+                set: set.clone(),
+                ..ElementChanges::default()
+            });
             if was.is_some() {
-                deletes.entry(set).or_default().push(key.clone());
+                c.delete.push(key.clone());
             }
             if let Some(v) = now {
-                adds.entry(set).or_default().push(item(key, v));
+                c.add.push((key.clone(), v.clone()));
             }
         }
-        for (set, items) in &deletes {
-            elements(&mut out, "delete", set, items);
+        let elements = Transaction::Elements(by_set.into_values().collect());
+        if creates.is_empty() && gone_extras.is_empty() {
+            return match &elements {
+                Transaction::Elements(e) if e.is_empty() => None,
+                _ => Some(elements),
+            };
         }
-        for (set, items) in &adds {
-            elements(&mut out, "add", set, items);
-        }
+        let mut out = creates;
+        out.push_str(&elements.script());
         for name in gone_extras {
             if let Some(e) = self.deleted_extras.get(name) {
                 out.push_str(&e.delete);
             }
         }
-        (!out.is_empty()).then_some(out)
+        Some(Transaction::Script(out))
     }
 
     /// The last transaction is in the kernel.
@@ -562,6 +731,73 @@ mod tests {
             .transaction()
             .expect("full")
             .contains("delete table inet podnet"));
+    }
+
+    #[test]
+    fn the_chains_are_the_base_and_the_extras() {
+        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
+        let (name, extra) = cluster_lb(3);
+        t.extra(&name, Some(extra));
+        let chains = t.want().chains();
+        for c in [
+            "services",
+            "nat-prerouting",
+            "postrouting",
+            "reject-now",
+            "lb-3",
+        ] {
+            assert!(chains.contains(c), "{c} in {chains:?}");
+        }
+        assert!(!chains.iter().any(|c| c.contains(' ')), "{chains:?}");
+    }
+
+    #[test]
+    fn ordinary_syncs_are_element_changes_encoded_as_the_kernel_stores_them() {
+        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
+        t.committed();
+        t.element(
+            "service-ips",
+            "10.96.0.10 . tcp . 80",
+            Some("goto lb-2".into()),
+        );
+        t.element(
+            "ep-2",
+            "10.96.0.10 . tcp . 80 . 1",
+            Some("10.244.1.5 . 8080".into()),
+        );
+        t.element("nodes", "172.18.0.11", Some(String::new()));
+        let Some(Transaction::Elements(sets)) = t.changes() else {
+            panic!("an ordinary sync is element changes: {:?}", t.changes());
+        };
+        let enc = encode(&sets).expect("podnet's own elements encode");
+        let find = |set: &str| {
+            enc.iter()
+                .find(|c| c.set == set)
+                .map(|c| &c.elements[0])
+                .unwrap_or_else(|| panic!("{set} in {enc:?}"))
+        };
+        // A concatenation pads each field to 4 bytes; numgen's result is host-endian.
+        let mut ep_key = vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0];
+        ep_key.extend(1u32.to_ne_bytes());
+        assert_eq!(find("ep-2").key, ep_key);
+        assert_eq!(
+            find("ep-2").data,
+            nftables::ElementData::Value(vec![10, 244, 1, 5, 0x1f, 0x90, 0, 0])
+        );
+        assert_eq!(
+            find("service-ips").key,
+            vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0]
+        );
+        assert_eq!(
+            find("service-ips").data,
+            nftables::ElementData::Goto("lb-2".into())
+        );
+        assert_eq!(find("nodes").key, vec![172, 18, 0, 11]);
+        assert_eq!(find("nodes").data, nftables::ElementData::None);
+        // A new load-balancing chain is not an element: that goes to nft as a script.
+        let (name, extra) = cluster_lb(3);
+        t.extra(&name, Some(extra));
+        assert!(matches!(t.changes(), Some(Transaction::Script(_))));
     }
 
     #[test]

@@ -23,8 +23,9 @@ use crate::source::{Dirty, Key};
 pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
 /// How often the node is checked for drift when nothing changes.
 const RESYNC: Duration = Duration::from_secs(1);
-/// How often podnet's nftables table is checked for existence.
-const NFT_CHECK: Duration = Duration::from_secs(5);
+/// How often podnet's nftables table is checked for vanished chains (two small netlink
+/// requests, whatever the table's size).
+const NFT_CHECK: Duration = Duration::from_secs(1);
 /// How often a node that cannot be configured yet is reported again.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 

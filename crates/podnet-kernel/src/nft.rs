@@ -26,29 +26,3 @@ pub fn apply(script: &str) -> io::Result<()> {
         )))
     }
 }
-
-/// Whether table `family name` exists.
-pub fn table_exists(family: &str, name: &str) -> io::Result<bool> {
-    let out = Command::new("nft")
-        .args(["list", "tables", family])
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("run nft (install nftables): {e}")))?;
-    let want = format!("table {family} {name}");
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == want))
-}
-
-/// The text of table `family name` (`nft list table`), for diagnostics and tests.
-pub fn list_table(family: &str, name: &str) -> io::Result<String> {
-    let out = Command::new("nft")
-        .args(["list", "table", family, name])
-        .output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}

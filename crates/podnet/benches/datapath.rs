@@ -34,7 +34,7 @@ use serde_json::Value;
 /// Measured seconds per run (iperf3 `-t`, sockperf `-t`).
 const SECONDS: &str = "5";
 /// Interleaved rounds per path; the median is reported.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// Bare veth addresses: a TEST-NET-1 pair, never routed anywhere.
 const VETH_CLIENT: &str = "192.0.2.1/24";
 const VETH_SERVER: &str = "192.0.2.2";

@@ -247,6 +247,41 @@ fn agent_restart_and_drift(backend: &str) {
         log.contains("repaired"),
         "{backend}: the agent did not log the repair"
     );
+
+    // A chain deleted inside podnet's table (the masquerade hook) comes back.
+    let chain = ["list", "chain", "inet", "podnet", "postrouting"];
+    assert!(lab
+        .exec(
+            "node/node-1",
+            &["nft", "delete", "chain", "inet", "podnet", "postrouting"]
+        )
+        .status
+        .success());
+    assert!(!lab
+        .exec(
+            "node/node-1",
+            &["nft"].iter().chain(&chain).copied().collect::<Vec<_>>()
+        )
+        .status
+        .success());
+    let restored = eventually(Duration::from_secs(5), || {
+        lab.exec(
+            "node/node-1",
+            &["nft"].iter().chain(&chain).copied().collect::<Vec<_>>(),
+        )
+        .status
+        .success()
+        .then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "{backend}: the deleted postrouting chain was not restored"
+    );
+    let log = std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).expect("agent log");
+    assert!(
+        log.contains("chains of podnet's nftables table are gone (postrouting)"),
+        "{backend}: the agent did not say what it repaired"
+    );
 }
 
 #[test]
