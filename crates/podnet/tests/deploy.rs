@@ -127,6 +127,11 @@ fn config_map_holds_the_agent_config() {
         keys,
         BTreeSet::from(["backend", "clusterCIDR", "serviceCIDR", "mtu", "vni"])
     );
+    // And the agent reads it as given (`podnet agent --config`).
+    let parsed = podnet_agent::config::FileConfig::parse(text).expect("the agent reads it");
+    assert_eq!(parsed.cluster_cidr, "10.244.0.0/16".parse().ok());
+    assert_eq!(parsed.service_cidr, "10.96.0.0/12".parse().ok());
+    assert_eq!(parsed.mtu, None);
 }
 
 #[test]

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use ipnet::Ipv4Net;
 use podnet_lab::{layout, Client, Layout};
 use podnet_model::endpoints::pod_is_ready;
 use podnet_model::objects::SERVICE_NAME_LABEL;
@@ -181,21 +180,9 @@ fn nodes(client: &Client) -> anyhow::Result<Vec<Node>> {
         .into_iter()
         .filter_map(|o| {
             let Object::Node(n) = o else { return None };
-            let ip = n
-                .status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")?
-                .address
-                .parse()
-                .ok()?;
-            let bridge_ip = n
-                .spec
-                .as_ref()
-                .and_then(|s| s.pod_cidr.as_deref())
-                .and_then(|c| c.parse::<Ipv4Net>().ok())
+            // Read as the agent reads a node.
+            let ip = podnet_agent::plan::internal_ip(&n)?;
+            let bridge_ip = podnet_agent::cni_config::pod_cidr(&n)
                 .map(|c| Ipv4Addr::from(u32::from(c.network()) + 1));
             Some(Node {
                 name: n.metadata.name.clone()?,
