@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use podnet_agent::ruleset::TableConfig;
 use podnet_agent::services::{contribution, ServiceProxy, SliceInfo};
 use podnet_model::k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use podnet_model::k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
@@ -80,7 +81,12 @@ fn main() {
         let cidr = "10.244.0.0/16".parse().expect("net");
         let nodes = ["172.18.0.11".parse().expect("ip")];
         let key = |i: usize| ("default".to_string(), format!("s{i}"));
-        let mut proxy = ServiceProxy::new(cidr, None, "podnet0");
+        let mut proxy = ServiceProxy::new(&TableConfig {
+            cluster_cidr: cidr,
+            service_cidr: None,
+            bridge: "podnet0".into(),
+            vxlan_port: None,
+        });
         proxy.set_nodes(&nodes);
         let t = Instant::now();
         for (i, svc) in svcs.iter().enumerate() {

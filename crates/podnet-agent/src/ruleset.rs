@@ -19,6 +19,31 @@ pub const TABLE: &str = "podnet";
 /// The mark that asks postrouting to masquerade a connection (NodePort, policy Cluster).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
+/// What the fixed part of the table depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableConfig {
+    /// The whole cluster's pod CIDR (traffic leaving it is masqueraded).
+    pub cluster_cidr: Ipv4Net,
+    /// Its addresses that no Service has are refused at once.
+    pub service_cidr: Option<Ipv4Net>,
+    /// The node bridge pods attach to.
+    pub bridge: String,
+    /// With VXLAN, its UDP port: the tunnel's outer packets skip conntrack.
+    pub vxlan_port: Option<u16>,
+}
+
+#[cfg(test)]
+impl TableConfig {
+    pub fn test(cluster_cidr: &str) -> TableConfig {
+        TableConfig {
+            cluster_cidr: cluster_cidr.parse().expect("net"),
+            service_cidr: None,
+            bridge: "podnet0".into(),
+            vxlan_port: None,
+        }
+    }
+}
+
 /// Everything podnet wants in its table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
@@ -93,13 +118,33 @@ pub const SETS: &[(&str, &str)] = &[
 /// pass the filter hooks with one conntrack-state check and no lookups.
 /// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
 /// the names only for some hooks.
-pub fn base(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) -> String {
+pub fn base(c: &TableConfig) -> String {
+    let (cluster_cidr, bridge) = (c.cluster_cidr, &c.bridge);
+    // VXLAN's outer packets go from node to node and are never translated: tracking them
+    // would only add a second conntrack pass to every tunnelled packet, on both nodes.
+    let notrack = c
+        .vxlan_port
+        .map(|port| {
+            format!(
+                "\tchain raw-prerouting {{\n\
+                 \t\ttype filter hook prerouting priority -300; policy accept;\n\
+                 \t\tip daddr @nodes udp dport {port} notrack\n\
+                 \t}}\n\
+                 \tchain raw-output {{\n\
+                 \t\ttype filter hook output priority -300; policy accept;\n\
+                 \t\tip daddr @nodes udp dport {port} notrack\n\
+                 \t}}\n"
+            )
+        })
+        .unwrap_or_default();
     // An address of the service CIDR that no Service has is refused at once, as a port a
     // ClusterIP does not serve is.
-    let unallocated = service_cidr
+    let unallocated = c
+        .service_cidr
         .map(|c| format!("\t\tip daddr {c} ip daddr != @cluster-ips jump reject-now\n"))
         .unwrap_or_default();
     let mut s = format!("table inet {TABLE} {{\n");
+    s.push_str(&notrack);
     for (name, ty) in SETS {
         let kind = if ty.contains(':') { "map" } else { "set" };
         let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}\n\t}}");
@@ -581,7 +626,7 @@ mod tests {
 
     fn rs(elements: &[(&str, &[(&str, &str)])]) -> Ruleset {
         Ruleset {
-            base: base("10.244.0.0/16".parse().expect("net"), None, "podnet0"),
+            base: base(&TableConfig::test("10.244.0.0/16")),
             extras: BTreeMap::from([cluster_lb(2)]),
             elements: elements
                 .iter()
@@ -600,7 +645,7 @@ mod tests {
 
     #[test]
     fn the_base_declares_every_set_and_hooks_the_services_chain() {
-        let b = base("10.244.0.0/16".parse().expect("net"), None, "podnet0");
+        let b = base(&TableConfig::test("10.244.0.0/16"));
         for (name, _) in SETS {
             assert!(b.contains(&format!(" {name} {{")), "{name}");
         }
@@ -691,7 +736,7 @@ mod tests {
 
     #[test]
     fn tracked_changes_give_the_same_transaction_as_a_full_diff() {
-        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
+        let mut t = Tracked::new(base(&TableConfig::test("10.244.0.0/16")));
         t.declare("service-ips");
         let (lb2, e2) = cluster_lb(2);
         t.extra(&lb2, Some(e2));
@@ -734,8 +779,18 @@ mod tests {
     }
 
     #[test]
+    fn with_vxlan_the_tunnel_skips_conntrack() {
+        let mut c = TableConfig::test("10.244.0.0/16");
+        assert!(!base(&c).contains("notrack"));
+        c.vxlan_port = Some(8472);
+        let b = base(&c);
+        assert!(b.contains("type filter hook prerouting priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
+        assert!(b.contains("type filter hook output priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
+    }
+
+    #[test]
     fn the_chains_are_the_base_and_the_extras() {
-        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
+        let mut t = Tracked::new(base(&TableConfig::test("10.244.0.0/16")));
         let (name, extra) = cluster_lb(3);
         t.extra(&name, Some(extra));
         let chains = t.want().chains();
@@ -753,7 +808,7 @@ mod tests {
 
     #[test]
     fn ordinary_syncs_are_element_changes_encoded_as_the_kernel_stores_them() {
-        let mut t = Tracked::new(base("10.244.0.0/16".parse().expect("net"), None, "podnet0"));
+        let mut t = Tracked::new(base(&TableConfig::test("10.244.0.0/16")));
         t.committed();
         t.element(
             "service-ips",
@@ -804,7 +859,7 @@ mod tests {
     fn a_changed_base_replaces_the_table() {
         let before = rs(&[]);
         let mut after = rs(&[]);
-        after.base = base("10.200.0.0/16".parse().expect("net"), None, "podnet0");
+        after.base = base(&TableConfig::test("10.200.0.0/16"));
         assert!(transaction(Some(&before), &after)
             .expect("full")
             .contains("delete table inet podnet"));

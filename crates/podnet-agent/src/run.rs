@@ -15,6 +15,7 @@ use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::Health;
 use crate::plan::{self, Backend, NodeInfo, NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
+use crate::ruleset::TableConfig;
 use crate::services::{self, ServiceProxy};
 use crate::source::Source;
 use crate::source::{Dirty, Key};
@@ -78,7 +79,15 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         health,
         reported: None,
     };
-    let mut proxy = ServiceProxy::new(config.cluster_cidr, config.service_cidr, &config.bridge);
+    let mut proxy = ServiceProxy::new(&TableConfig {
+        cluster_cidr: config.cluster_cidr,
+        service_cidr: config.service_cidr,
+        bridge: config.bridge.clone(),
+        vxlan_port: match config.backend {
+            Backend::Vxlan { port, .. } => Some(port),
+            Backend::HostGw => None,
+        },
+    });
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
     let mut pending = Dirty::default();
     let mut stale = Vec::new();

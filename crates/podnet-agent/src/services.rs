@@ -18,7 +18,7 @@ use podnet_model::objects::SERVICE_NAME_LABEL;
 
 use std::collections::HashMap;
 
-use crate::ruleset::{self, Extra, Ruleset, Tracked};
+use crate::ruleset::{self, Extra, Ruleset, TableConfig, Tracked};
 
 /// Where traffic for one Service port goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -325,7 +325,12 @@ pub fn ruleset(
     services: &[&Service],
     slices: &[&EndpointSlice],
 ) -> (Ruleset, Served) {
-    let mut proxy = ServiceProxy::new(cluster_cidr, None, bridge);
+    let mut proxy = ServiceProxy::new(&TableConfig {
+        cluster_cidr,
+        service_cidr: None,
+        bridge: bridge.to_string(),
+        vxlan_port: None,
+    });
     proxy.set_nodes(node_ips);
     let infos: Vec<SliceInfo> = slices
         .iter()
@@ -361,8 +366,8 @@ pub struct ServiceProxy {
 }
 
 impl ServiceProxy {
-    pub fn new(cluster_cidr: Ipv4Net, service_cidr: Option<Ipv4Net>, bridge: &str) -> ServiceProxy {
-        let mut table = Tracked::new(ruleset::base(cluster_cidr, service_cidr, bridge));
+    pub fn new(config: &TableConfig) -> ServiceProxy {
+        let mut table = Tracked::new(ruleset::base(config));
         for (set, _) in ruleset::SETS {
             table.declare(set);
         }

@@ -9,7 +9,8 @@
 //! 4. pod to pod across nodes with `--backend vxlan`.
 //!
 //! Paths 2 to 4 are real labs with their agents running and podnet's routes and rules
-//! loaded. Every measurement is warmed up first; the paths are then measured in
+//! loaded; each is measured again with the rules out of the kernel (agents paused, table
+//! deleted), so the rules' own cost shows in the same run. Every measurement is warmed up first; the paths are then measured in
 //! `ROUNDS` interleaved rounds (each round starting at a different path) and the median
 //! is reported, so that a burst of unrelated load on this small machine hits every path
 //! alike. Run as root: `cargo bench -p podnet --bench datapath`.
@@ -65,6 +66,10 @@ struct Datapath<'a> {
     /// Minimum round-trip-rate ratio to the anchor, and what a hand-built minimal setup
     /// reached (round trips, throughput), from the issue.
     target: Option<Target>,
+    /// The lab the path runs in, and whether podnet's rules are loaded while it is
+    /// measured (without: the agents paused and the table deleted, the same path bare).
+    lab: Option<&'a Lab>,
+    rules: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -149,6 +154,8 @@ fn veth_path(v: &BareVeth) -> Datapath<'_> {
                 .expect("run a client in the anchor's namespace")
         }),
         target: None,
+        lab: None,
+        rules: false,
     }
 }
 
@@ -178,6 +185,63 @@ fn lab_path<'a>(
         server_ip: lab.pod_ip("server"),
         client: Box::new(move |cmd| lab.exec(client, cmd)),
         target: Some(target),
+        lab: Some(lab),
+        rules: true,
+    }
+}
+
+/// The same path with podnet's rules out of the kernel: what the path costs bare.
+fn without_rules<'a>(p: &Datapath<'a>, name: &'static str, client: &'static str) -> Datapath<'a> {
+    let lab = p.lab.expect("a lab path");
+    Datapath {
+        name,
+        server_ip: p.server_ip.clone(),
+        client: Box::new(move |cmd| lab.exec(client, cmd)),
+        target: None,
+        lab: Some(lab),
+        rules: false,
+    }
+}
+
+/// Loads (`on`) or removes podnet's rules in both nodes of `lab`. Off: the agents are
+/// paused (SIGSTOP; the supervisor restarts only agents that exit) and the table is
+/// deleted, so no chain and no conntrack runs. On: the agents resume and, finding the
+/// table gone, write it again within a second.
+fn set_rules(lab: &Lab, on: bool) {
+    for node in ["node-1", "node-2"] {
+        let pid = lab
+            .agent_pid(node)
+            .unwrap_or_else(|| panic!("{node}'s agent"));
+        let signal = if on { "-CONT" } else { "-STOP" };
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .is_ok_and(|s| s.success()));
+        if !on {
+            let _ = lab.exec(
+                &format!("node/{node}"),
+                &["nft", "delete", "table", "inet", "podnet"],
+            );
+        }
+    }
+    if on {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in ["node-1", "node-2"] {
+            while !lab
+                .exec(
+                    &format!("node/{node}"),
+                    &["nft", "list", "chain", "inet", "podnet", "postrouting"],
+                )
+                .status
+                .success()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{node}: the agent did not write its table again"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
@@ -447,13 +511,33 @@ fn main() {
         "labs {} (host-gw) and {} (vxlan) are up",
         host_gw_lab.name, vxlan_lab.name
     );
-    let paths = [
-        veth_path(&veth),
+    let with = [
         same_node(&host_gw_lab),
         host_gw(&host_gw_lab),
         vxlan(&vxlan_lab),
     ];
+    let without = [
+        without_rules(&with[0], "same node, no rules", "near"),
+        without_rules(&with[1], "host-gw, no rules", "far"),
+        without_rules(&with[2], "vxlan, no rules", "far"),
+    ];
+    let paths: Vec<Datapath<'_>> = std::iter::once(veth_path(&veth))
+        .chain(with)
+        .chain(without)
+        .collect();
+    // Whether each lab has its rules loaded now.
+    let mut loaded: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut prepare = |p: &Datapath<'_>| {
+        if let Some(lab) = p.lab {
+            let now = loaded.entry(lab.name.clone()).or_insert(true);
+            if *now != p.rules {
+                set_rules(lab, p.rules);
+                *now = p.rules;
+            }
+        }
+    };
     for p in &paths {
+        prepare(p);
         warm_up(p);
     }
 
@@ -464,6 +548,7 @@ fn main() {
             // Each round starts one path later, so no path is always first or last.
             let i = (round + k) % paths.len();
             let p = &paths[i];
+            prepare(p);
             if let Some(busy) = wait_for_quiet() {
                 busy_notes.push(format!(
                     "round {}, {}: the machine was {:.0}% busy before measuring",
@@ -484,6 +569,11 @@ fn main() {
         }
     }
 
+    for lab in [&host_gw_lab, &vxlan_lab] {
+        if loaded.get(&lab.name) == Some(&false) {
+            set_rules(lab, true);
+        }
+    }
     report(&paths, &samples, &busy_notes);
     for (lab, backend) in [(&host_gw_lab, "host-gw"), (&vxlan_lab, "vxlan")] {
         // The pod's MTU from inside the pod (sysfs would show the machine's own eth0).
@@ -562,6 +652,32 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
             implied(t.reference_rr),
             t.rr_ratio,
             if added <= allowed { "met" } else { "**not met**" }
+        );
+    }
+    // What podnet's rules cost: each path against itself with no rules, same run.
+    println!(
+        "\npodnet's rules: each path with them against the same path without them (agents \
+         paused, table deleted)\n"
+    );
+    println!(
+        "| path | round trips/s with rules | without | ratio | added per round trip | target | |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    // `main` lists the lab paths with rules, then the same three without.
+    let lab_paths = (paths.len() - 1) / 2;
+    for i in 1..=lab_paths {
+        let (p, j) = (&paths[i], i + lab_paths);
+        assert!(p.rules && !paths[j].rules && paths[j].server_ip == p.server_ip);
+        let (with, without) = (
+            median(&samples[i].round_trips),
+            median(&samples[j].round_trips),
+        );
+        let ratio = with / without;
+        println!(
+            "| {} | {with:.0} | {without:.0} | {ratio:.2} | {:.1} µs | >= 0.95 | {} |",
+            p.name,
+            1e6 / with - 1e6 / without,
+            if ratio >= 0.95 { "met" } else { "**not met**" }
         );
     }
     println!("\nall runs (Gbit/s | round trips/s):");

@@ -102,6 +102,26 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
             );
         }
     }
+    if backend == "vxlan" {
+        // The tunnel's outer packets are not tracked (only the pods' flows inside are).
+        let node = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_node-1", lab.name))
+            .expect("node-1's namespace");
+        let flows = node
+            .run(|| {
+                podnet_kernel::Conntrack::open()
+                    .and_then(|mut c| c.flows(podnet_kernel::conntrack::PROTO_UDP))
+            })
+            .expect("enter node-1")
+            .expect("list node-1's UDP flows");
+        assert!(
+            !flows.iter().any(|f| f.original.dst_port == 4789),
+            "VXLAN packets went through conntrack: {flows:?}"
+        );
+        assert!(
+            flows.iter().any(|f| f.original.dst_port == 5353),
+            "the pods' UDP flows are tracked: {flows:?}"
+        );
+    }
     // A node reaches a pod on another node and the pod sees the node's address.
     let seen = get(
         &lab,

@@ -181,77 +181,39 @@ impl KubeSource {
 
     /// Applies one message; `true` if the view changed.
     fn handle(&mut self, msg: Msg) -> bool {
+        let view = &mut self.view;
         match msg {
             Msg::Node(ev) => match self.nodes.follow(*ev) {
                 Step::None => false,
-                Step::Put(n) => self.view.put_node(n),
-                Step::Delete(n) => self.view.remove_node(&name_of(&n.metadata)),
+                Step::Put(n) => view.put_node(n),
+                Step::Delete(n) => view.remove_node(&name_of(&n.metadata)),
                 Step::Replace(all) => {
-                    let keep: std::collections::BTreeSet<String> =
-                        all.iter().map(|n| name_of(&n.metadata)).collect();
-                    let gone: Vec<String> = self
-                        .view
-                        .nodes
-                        .keys()
-                        .filter(|k| !keep.contains(*k))
-                        .cloned()
-                        .collect();
-                    let mut changed = false;
-                    for name in gone {
-                        changed |= self.view.remove_node(&name);
-                    }
-                    for n in all {
-                        changed |= self.view.put_node(n);
-                    }
-                    changed
+                    let all = all.into_iter().map(|n| (name_of(&n.metadata), n)).collect();
+                    let have = view.nodes.keys().cloned().collect();
+                    replace(have, all, |name, n| match n {
+                        Some(n) => view.put_node(n),
+                        None => view.remove_node(&name),
+                    })
                 }
             },
             Msg::Service(ev) => match self.services.follow(*ev) {
                 Step::None => false,
-                Step::Put(s) => self.view.put_service(key_of(&s.metadata), Some(s)),
-                Step::Delete(s) => self.view.put_service(key_of(&s.metadata), None),
+                Step::Put(s) => view.put_service(key_of(&s.metadata), Some(s)),
+                Step::Delete(s) => view.put_service(key_of(&s.metadata), None),
                 Step::Replace(all) => {
-                    let all: BTreeMap<Key, Service> =
-                        all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
-                    let gone: Vec<Key> = self
-                        .view
-                        .services
-                        .keys()
-                        .filter(|k| !all.contains_key(*k))
-                        .cloned()
-                        .collect();
-                    let mut changed = false;
-                    for k in gone {
-                        changed |= self.view.put_service(k, None);
-                    }
-                    for (k, s) in all {
-                        changed |= self.view.put_service(k, Some(s));
-                    }
-                    changed
+                    let all = all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
+                    let have = view.services.keys().cloned().collect();
+                    replace(have, all, |k, s| view.put_service(k, s))
                 }
             },
             Msg::Slice(ev) => match self.slices.follow(*ev) {
                 Step::None => false,
-                Step::Put(s) => self.view.put_slice(key_of(&s.metadata), Some(s)),
-                Step::Delete(s) => self.view.put_slice(key_of(&s.metadata), None),
+                Step::Put(s) => view.put_slice(key_of(&s.metadata), Some(s)),
+                Step::Delete(s) => view.put_slice(key_of(&s.metadata), None),
                 Step::Replace(all) => {
-                    let all: BTreeMap<Key, EndpointSlice> =
-                        all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
-                    let gone: Vec<Key> = self
-                        .view
-                        .slices
-                        .keys()
-                        .filter(|k| !all.contains_key(*k))
-                        .cloned()
-                        .collect();
-                    let mut changed = false;
-                    for k in gone {
-                        changed |= self.view.put_slice(k, None);
-                    }
-                    for (k, s) in all {
-                        changed |= self.view.put_slice(k, Some(s));
-                    }
-                    changed
+                    let all = all.into_iter().map(|s| (key_of(&s.metadata), s)).collect();
+                    let have = view.slices.keys().cloned().collect();
+                    replace(have, all, |k, s| view.put_slice(k, s))
                 }
             },
             Msg::Error(e) => {
@@ -271,6 +233,23 @@ impl KubeSource {
             }
         }
     }
+}
+
+/// Replaces the objects of one kind with a fresh list: those the view `have`s that the
+/// list lacks are removed, the others recorded; `put` says whether each changed the view.
+fn replace<K: Ord, V>(
+    have: Vec<K>,
+    all: BTreeMap<K, V>,
+    mut put: impl FnMut(K, Option<V>) -> bool,
+) -> bool {
+    let mut changed = false;
+    for k in have.into_iter().filter(|k| !all.contains_key(k)) {
+        changed |= put(k, None);
+    }
+    for (k, v) in all {
+        changed |= put(k, Some(v));
+    }
+    changed
 }
 
 fn name_of(m: &podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
