@@ -86,6 +86,7 @@ fn main() {
             service_cidr: None,
             bridge: "podnet0".into(),
             vxlan_port: None,
+            local_pods: None,
         });
         proxy.set_nodes(&nodes);
         let t = Instant::now();

@@ -30,6 +30,9 @@ pub struct TableConfig {
     pub bridge: String,
     /// With VXLAN, its UDP port: the tunnel's outer packets skip conntrack.
     pub vxlan_port: Option<u16>,
+    /// This node's pod CIDR, once known: its pods' traffic to other nodes' pods skips
+    /// conntrack.
+    pub local_pods: Option<Ipv4Net>,
 }
 
 #[cfg(test)]
@@ -40,6 +43,7 @@ impl TableConfig {
             service_cidr: None,
             bridge: "podnet0".into(),
             vxlan_port: None,
+            local_pods: None,
         }
     }
 }
@@ -120,23 +124,40 @@ pub const SETS: &[(&str, &str)] = &[
 /// the names only for some hooks.
 pub fn base(c: &TableConfig) -> String {
     let (cluster_cidr, bridge) = (c.cluster_cidr, &c.bridge);
-    // VXLAN's outer packets go from node to node and are never translated: tracking them
-    // would only add a second conntrack pass to every tunnelled packet, on both nodes.
-    let notrack = c
-        .vxlan_port
-        .map(|port| {
-            format!(
-                "\tchain raw-prerouting {{\n\
-                 \t\ttype filter hook prerouting priority -300; policy accept;\n\
-                 \t\tip daddr @nodes udp dport {port} notrack\n\
-                 \t}}\n\
-                 \tchain raw-output {{\n\
-                 \t\ttype filter hook output priority -300; policy accept;\n\
-                 \t\tip daddr @nodes udp dport {port} notrack\n\
-                 \t}}\n"
-            )
-        })
-        .unwrap_or_default();
+    // What never needs conntrack, skipped before it (priority -300):
+    // - VXLAN's outer packets go from node to node and are never translated: tracking
+    //   them would add a second conntrack pass to every tunnelled packet, on both nodes.
+    // - A local pod's packets to a pod on another node: the only translation they could
+    //   need is undoing a DNAT made here, which replies to a ClusterIP client on this
+    //   node; such replies come from the other node, not from this bridge, and a pod's
+    //   own connections to a ClusterIP are addressed to the ClusterIP, not to a pod.
+    //   Traffic from other nodes to local pods stays tracked: it may be such a reply.
+    let mut prerouting = Vec::new();
+    let mut output = Vec::new();
+    if let Some(port) = c.vxlan_port {
+        let rule = format!("ip daddr @nodes udp dport {port} notrack");
+        prerouting.push(rule.clone());
+        output.push(rule);
+    }
+    if let Some(local) = c.local_pods {
+        prerouting.push(format!(
+            "iifname \"{bridge}\" ip daddr {cluster_cidr} ip daddr != {local} notrack"
+        ));
+    }
+    let mut notrack = String::new();
+    for (hook, rules) in [("prerouting", prerouting), ("output", output)] {
+        if rules.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            notrack,
+            "\tchain raw-{hook} {{\n\t\ttype filter hook {hook} priority -300; policy accept;"
+        );
+        for r in rules {
+            let _ = writeln!(notrack, "\t\t{r}");
+        }
+        notrack.push_str("\t}\n");
+    }
     // An address of the service CIDR that no Service has is refused at once, as a port a
     // ClusterIP does not serve is.
     let unallocated = c
@@ -516,6 +537,15 @@ impl Tracked {
         &self.want
     }
 
+    /// Replaces the base (a setting it depends on changed): the next transaction
+    /// rewrites the whole table.
+    pub fn set_base(&mut self, base: String) {
+        if self.want.base != base {
+            self.want.base = base;
+            self.full = true;
+        }
+    }
+
     /// Declares an (empty) set or map, so full syncs list it.
     pub fn declare(&mut self, set: &str) {
         self.want.elements.entry(set.to_string()).or_default();
@@ -786,6 +816,28 @@ mod tests {
         let b = base(&c);
         assert!(b.contains("type filter hook prerouting priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
         assert!(b.contains("type filter hook output priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
+    }
+
+    #[test]
+    fn local_pods_to_other_nodes_pods_skip_conntrack_once_the_node_cidr_is_known() {
+        let mut t = Tracked::new(base(&TableConfig::test("10.244.0.0/16")));
+        t.committed();
+        let mut c = TableConfig::test("10.244.0.0/16");
+        c.local_pods = "10.244.3.0/24".parse().ok();
+        t.set_base(base(&c));
+        let script = t.transaction().expect("a new base rewrites the table");
+        assert!(script.starts_with("add table inet podnet\ndelete table inet podnet\n"));
+        assert!(
+            script.contains("\tchain raw-prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tiifname \"podnet0\" ip daddr 10.244.0.0/16 ip daddr != 10.244.3.0/24 notrack\n\t}\n"),
+            "{script}"
+        );
+        assert!(
+            !script.contains("raw-output"),
+            "nothing to skip on output without vxlan"
+        );
+        t.committed();
+        t.set_base(base(&c));
+        assert_eq!(t.transaction(), None, "the same base again changes nothing");
     }
 
     #[test]

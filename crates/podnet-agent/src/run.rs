@@ -87,6 +87,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             Backend::Vxlan { port, .. } => Some(port),
             Backend::HostGw => None,
         },
+        local_pods: None,
     });
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
     let mut pending = Dirty::default();
@@ -147,6 +148,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         let node_ips: Vec<_> = peers.iter().map(|p| p.ip).collect();
         // Services: only those whose inputs changed are decided again.
         proxy.set_nodes(&node_ips);
+        proxy.set_local_pods(me.pod_cidr);
         let keys: Vec<Key> = if pending.all {
             view.services
                 .keys()

@@ -330,6 +330,7 @@ pub fn ruleset(
         service_cidr: None,
         bridge: bridge.to_string(),
         vxlan_port: None,
+        local_pods: None,
     });
     proxy.set_nodes(node_ips);
     let infos: Vec<SliceInfo> = slices
@@ -361,6 +362,7 @@ pub struct ServiceProxy {
     /// Extras shared between Services (the load-balancing chains), with their users.
     extra_users: HashMap<String, usize>,
     nodes: BTreeSet<Ipv4Addr>,
+    config: TableConfig,
     pub served: Served,
     pub table: Tracked,
 }
@@ -375,8 +377,17 @@ impl ServiceProxy {
             contributions: HashMap::new(),
             extra_users: HashMap::new(),
             nodes: BTreeSet::new(),
+            config: config.clone(),
             served: Served::default(),
             table,
+        }
+    }
+
+    /// This node's pod CIDR (see [`TableConfig::local_pods`]); a change rewrites the table.
+    pub fn set_local_pods(&mut self, cidr: Ipv4Net) {
+        if self.config.local_pods != Some(cidr) {
+            self.config.local_pods = Some(cidr);
+            self.table.set_base(ruleset::base(&self.config));
         }
     }
 

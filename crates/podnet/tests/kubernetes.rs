@@ -525,6 +525,10 @@ fn vxlan_agent_publishes_its_vtep_and_tunnels_to_annotated_peers() {
         neigh.contains("10.244.2.0 lladdr 0e:58:c0:00:02:0c PERMANENT"),
         "{neigh}"
     );
+    // Written once the whole sync (routes, then rules) is in.
+    n.wait_for("the node file", Duration::from_secs(10), |n| {
+        n.dir.join("node.json").exists()
+    });
     let conflist = std::fs::read_to_string(n.dir.join("node.json")).expect("node file");
     assert!(
         conflist.contains("\"mtu\":1450"),

@@ -284,7 +284,8 @@ fn agent_restart_and_drift(backend: &str) {
         )
         .status
         .success());
-    let restored = eventually(Duration::from_secs(5), || {
+    // Checked every second; the deadline leaves room for a loaded CI machine.
+    let restored = eventually(Duration::from_secs(10), || {
         lab.exec(
             "node/node-1",
             &["nft"].iter().chain(&chain).copied().collect::<Vec<_>>(),
@@ -295,7 +296,8 @@ fn agent_restart_and_drift(backend: &str) {
     });
     assert!(
         restored.is_some(),
-        "{backend}: the deleted postrouting chain was not restored"
+        "{backend}: the deleted postrouting chain was not restored; node-1's agent log:\n{}",
+        std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).unwrap_or_default()
     );
     let log = std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).expect("agent log");
     assert!(
