@@ -220,6 +220,16 @@ impl Node {
         self.agent = Some(Agent(child));
     }
 
+    /// How many LISTs the API server has answered (a watcher lists on start and after
+    /// 410 Gone).
+    fn lists(&self) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
+            .count()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
@@ -415,12 +425,7 @@ fn agent_follows_the_api_server_through_watches_gone_and_outages() {
     n.api.delete("nodes", None, "node-3");
     n.api.delete("endpointslices", Some("default"), "web-x7k2p");
     n.api.compact();
-    let lists_before = n
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
-        .count();
+    let lists_before = n.lists();
     n.api.set_down(false);
     n.wait_for(
         "node-3's route gone after the relist",
@@ -432,12 +437,7 @@ fn agent_follows_the_api_server_through_watches_gone_and_outages() {
         Duration::from_secs(5),
         |n| !n.nft_map("service-ips").contains("10.96.0.20 . tcp . 80"),
     );
-    let lists_after = n
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
-        .count();
+    let lists_after = n.lists();
     assert!(
         lists_after > lists_before,
         "410 Gone made the watchers list again"
@@ -455,12 +455,7 @@ fn agent_follows_the_api_server_through_watches_gone_and_outages() {
     n.api.compact();
     n.api.set_down(false);
     n.wait_for("another relist", Duration::from_secs(30), |n| {
-        n.api
-            .requests()
-            .iter()
-            .filter(|r| r.verb_and_resource().is_some_and(|v| v.2 == "list"))
-            .count()
-            >= lists_after + 3
+        n.lists() >= lists_after + 3
     });
     std::thread::sleep(Duration::from_millis(1500));
     let since = n.log()[log_before..].to_string();
