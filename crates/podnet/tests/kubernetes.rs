@@ -515,6 +515,14 @@ fn vxlan_agent_publishes_its_vtep_and_tunnels_to_annotated_peers() {
         fdb.contains("0e:58:c0:00:02:0c dst 192.0.2.12"),
         "FDB entry for node-2: {fdb}"
     );
+    // The agent reads its entries back as it wrote them: later rounds (one a second)
+    // find nothing to repair.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        !n.log().contains("repaired"),
+        "the agent keeps rewriting what it made:\n{}",
+        n.log()
+    );
     let neigh = run_in(&n.ns, &["ip", "neigh", "show", "dev", "podnet.vxlan"]);
     assert!(
         neigh.contains("10.244.2.0 lladdr 0e:58:c0:00:02:0c PERMANENT"),

@@ -78,9 +78,24 @@ impl Netlink {
 
     /// The permanent IPv4 neighbour entries of link `index`.
     pub fn neighbours(&mut self, index: u32) -> Result<Vec<Neighbour>> {
+        Ok(self
+            .permanent(index, AddressFamily::Inet, "neighbours")?
+            .into_iter()
+            .map(|(ip, mac)| Neighbour { index, ip, mac })
+            .collect())
+    }
+
+    /// (IPv4 address, MAC) of the permanent entries of link `index` in the neighbour
+    /// (`Inet`) or forwarding (`Bridge`) table.
+    fn permanent(
+        &mut self,
+        index: u32,
+        family: AddressFamily,
+        what: &str,
+    ) -> Result<Vec<(Ipv4Addr, [u8; 6])>> {
         let answers = self.request(
-            || format!("list neighbours of link {index}"),
-            RouteNetlinkMessage::GetNeighbour(neigh_message(0, AddressFamily::Inet)),
+            || format!("list {what} of link {index}"),
+            RouteNetlinkMessage::GetNeighbour(neigh_message(0, family)),
             NLM_F_DUMP,
         )?;
         Ok(answers
@@ -91,13 +106,13 @@ impl Netlink {
                 {
                     let ip = m.attributes.iter().find_map(|a| match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        // In AF_BRIDGE messages the VTEP address may arrive undecoded.
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                        }
                         _ => None,
                     })?;
-                    Some(Neighbour {
-                        index,
-                        ip,
-                        mac: mac_of(&m.attributes)?,
-                    })
+                    Some((ip, mac_of(&m.attributes)?))
                 }
                 _ => None,
             })
@@ -141,31 +156,12 @@ impl Netlink {
 
     /// The permanent unicast FDB entries of link `index` that point at a remote VTEP.
     pub fn fdb(&mut self, index: u32) -> Result<Vec<Fdb>> {
-        let answers = self.request(
-            || format!("list FDB of link {index}"),
-            RouteNetlinkMessage::GetNeighbour(neigh_message(0, AddressFamily::Bridge)),
-            NLM_F_DUMP,
-        )?;
-        Ok(answers
-            .iter()
-            .filter_map(|a| match a {
-                RouteNetlinkMessage::NewNeighbour(m)
-                    if m.header.ifindex == index && m.header.state == NeighbourState::Permanent =>
-                {
-                    let dst = m.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                        // In AF_BRIDGE messages the VTEP address may arrive undecoded.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
-                        }
-                        _ => None,
-                    })?;
-                    let mac = mac_of(&m.attributes)?;
-                    // Skip the all-zeros default entries (flooding), which podnet never makes.
-                    (mac != [0; 6]).then_some(Fdb { index, mac, dst })
-                }
-                _ => None,
-            })
+        Ok(self
+            .permanent(index, AddressFamily::Bridge, "FDB")?
+            .into_iter()
+            // Skip the all-zeros default entries (flooding), which podnet never makes.
+            .filter(|(_, mac)| *mac != [0; 6])
+            .map(|(dst, mac)| Fdb { index, mac, dst })
             .collect())
     }
 }
