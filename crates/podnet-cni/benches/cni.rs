@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{cni_path, libcni_client, Node};
+use common::{libcni_command, Node};
 use podnet_testkit::in_netns;
 use serde_json::{json, Value};
 
@@ -31,14 +31,8 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 fn bench(node: &Node, conflist: &Path, netns_file: &Path, parallel: usize, tag: &str) -> Run {
-    let mut cmd = Command::new(libcni_client());
-    cmd.arg("-cni-path")
-        .arg(cni_path())
-        .arg("-conflist")
-        .arg(conflist)
-        .arg("-cache-dir")
-        .arg(node.fx.dir().join(format!("cache-{tag}")))
-        .arg("bench")
+    let mut cmd = libcni_command(node, conflist, &format!("cache-{tag}"));
+    cmd.arg("bench")
         .arg("-netns-file")
         .arg(netns_file)
         .arg("-parallel")

@@ -251,16 +251,23 @@ pub fn cni_path() -> String {
     format!("{}:/usr/lib/cni", ours.display())
 }
 
-/// Runs the libcni client inside the node's namespace.
-pub fn libcni(node: &Node, conflist: &Path, args: &[&str]) -> Out {
+/// The libcni client for `conflist`, with the plugin path and a cache directory `cache`
+/// of its own in the node's state directory.
+pub fn libcni_command(node: &Node, conflist: &Path, cache: &str) -> Command {
     let mut cmd = Command::new(libcni_client());
     cmd.arg("-cni-path")
         .arg(cni_path())
         .arg("-conflist")
         .arg(conflist)
         .arg("-cache-dir")
-        .arg(node.fx.dir().join("libcni-cache"))
-        .args(args)
+        .arg(node.fx.dir().join(cache));
+    cmd
+}
+
+/// Runs the libcni client inside the node's namespace.
+pub fn libcni(node: &Node, conflist: &Path, args: &[&str]) -> Out {
+    let mut cmd = libcni_command(node, conflist, "libcni-cache");
+    cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
