@@ -255,12 +255,14 @@ fn agent_restart_and_drift(backend: &str) {
         .exec("node/node-1", &["ip", "route", "del", &cidr])
         .status
         .success());
-    let repaired = eventually(Duration::from_secs(5), || {
+    // The agent looks every second; the deadline leaves room for a loaded CI machine.
+    let repaired = eventually(Duration::from_secs(10), || {
         routes_of(&lab, "node-1").contains(&cidr).then_some(())
     });
     assert!(
         repaired.is_some(),
-        "{backend}: the deleted route to {cidr} was not restored"
+        "{backend}: the deleted route to {cidr} was not restored; node-1's agent log:\n{}",
+        std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).unwrap_or_default()
     );
     let log = std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).expect("agent log");
     assert!(

@@ -298,11 +298,13 @@ impl Source for KubeSource {
         let deadline = Instant::now() + timeout;
         let mut changed = false;
         loop {
-            let wait = if changed {
-                BATCH
-            } else {
-                deadline.saturating_duration_since(Instant::now())
-            };
+            // As in the lab source: a short wait for the rest of a burst, never past the
+            // deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if changed { BATCH.min(left) } else { left };
+            if wait.is_zero() {
+                break;
+            }
             match self.events.recv_timeout(wait) {
                 Ok(msg) => changed |= self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => break,

@@ -2,7 +2,7 @@
 //! again. A reader thread turns the watch stream into messages, so bursts are batched.
 
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use podnet_lab::api::WatchEvent;
 use podnet_lab::{Client, Layout};
@@ -96,16 +96,17 @@ impl Source for LabSource {
             return Ok(true);
         };
         let mut changed = false;
-        let mut wait = timeout;
+        let deadline = Instant::now() + timeout;
         loop {
+            // After the first change of a burst, only a short wait for the rest; never
+            // past the deadline, so a steady stream of events cannot hold the loop up.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = if changed { BATCH.min(left) } else { left };
+            if wait.is_zero() {
+                break;
+            }
             match rx.recv_timeout(wait) {
-                Ok(msg) => {
-                    changed |= self.handle(msg)?;
-                    // After the first event of a burst, only a short wait for the rest.
-                    if changed {
-                        wait = BATCH;
-                    }
-                }
+                Ok(msg) => changed |= self.handle(msg)?,
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(SourceError("the watch ended".into()))
