@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -22,7 +22,7 @@ use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{ClusterView, Dirty, Key, Source, SourceError};
+use super::{receive, ClusterView, Dirty, Key, Source, SourceError};
 
 /// Every (API group, resource, verb) the agent calls. The DaemonSet's ClusterRole must
 /// grant exactly these (a test checks the manifest against this list, and another that
@@ -37,8 +37,6 @@ pub const API_CALLS: &[(&str, &str, &[&str])] = &[
 const SERVICE_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
 /// Slices that belong to a Service (the only ones the proxy reads).
 const SLICE_SELECTOR: &str = "kubernetes.io/service-name";
-/// After the first event of a burst, wait this long for more before acting.
-const BATCH: Duration = Duration::from_millis(10);
 /// The same API error is logged at most this often.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 /// How long publishing an annotation may take.
@@ -100,7 +98,8 @@ pub struct KubeSource {
     runtime: tokio::runtime::Runtime,
     client: Client,
     view: ClusterView,
-    events: Receiver<Msg>,
+    /// `None` once the watchers have stopped.
+    events: Option<Receiver<Msg>>,
     nodes: Relist<Node>,
     services: Relist<Service>,
     slices: Relist<EndpointSlice>,
@@ -166,7 +165,7 @@ impl KubeSource {
             runtime,
             client,
             view: ClusterView::default(),
-            events,
+            events: Some(events),
             nodes: Relist::default(),
             services: Relist::default(),
             slices: Relist::default(),
@@ -295,24 +294,14 @@ async fn forward<K>(
 
 impl Source for KubeSource {
     fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError> {
-        let deadline = Instant::now() + timeout;
-        let mut changed = false;
-        loop {
-            // As in the lab source: a short wait for the rest of a burst, never past the
-            // deadline.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = if changed { BATCH.min(left) } else { left };
-            if wait.is_zero() {
-                break;
-            }
-            match self.events.recv_timeout(wait) {
-                Ok(msg) => changed |= self.handle(msg),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(SourceError("the Kubernetes watchers stopped".into()))
-                }
-            }
-        }
+        let Some(rx) = self.events.take() else {
+            return Err(SourceError("the Kubernetes watchers stopped".into()));
+        };
+        let changed = receive(&rx, timeout, |msg| Ok(self.handle(msg)))?;
+        let Some(changed) = changed else {
+            return Err(SourceError("the Kubernetes watchers stopped".into()));
+        };
+        self.events = Some(rx);
         if !self.synced() {
             let why = self
                 .last_error

@@ -1,18 +1,16 @@
 //! The lab's supervisor as a source: list, then watch; on a broken or expired watch, list
 //! again. A reader thread turns the watch stream into messages, so bursts are batched.
 
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::Duration;
 
 use podnet_lab::api::WatchEvent;
 use podnet_lab::{Client, Layout};
 use podnet_model::{Kind, Object};
 
-use super::{ClusterView, Dirty, Source, SourceError};
+use super::{receive, ClusterView, Dirty, Source, SourceError};
 
 const KINDS: [Kind; 3] = [Kind::Node, Kind::Service, Kind::EndpointSlice];
-/// After the first event of a burst, wait this long for more before acting.
-const BATCH: Duration = Duration::from_millis(10);
 
 pub struct LabSource {
     client: Client,
@@ -95,24 +93,9 @@ impl Source for LabSource {
             self.relist()?;
             return Ok(true);
         };
-        let mut changed = false;
-        let deadline = Instant::now() + timeout;
-        loop {
-            // After the first change of a burst, only a short wait for the rest; never
-            // past the deadline, so a steady stream of events cannot hold the loop up.
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait = if changed { BATCH.min(left) } else { left };
-            if wait.is_zero() {
-                break;
-            }
-            match rx.recv_timeout(wait) {
-                Ok(msg) => changed |= self.handle(msg)?,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(SourceError("the watch ended".into()))
-                }
-            }
-        }
+        let Some(changed) = receive(&rx, timeout, |msg| self.handle(msg))? else {
+            return Err(SourceError("the watch ended".into()));
+        };
         self.events = Some(rx);
         Ok(changed)
     }

@@ -6,7 +6,8 @@ pub mod kubernetes;
 pub mod lab;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use podnet_model::k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Service};
 use podnet_model::k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -144,6 +145,34 @@ fn slim_node(n: Node) -> Node {
 #[error("{0}")]
 pub struct SourceError(pub String);
 
+/// After the first change of a burst, how long a source waits for the rest of it.
+const BATCH: Duration = Duration::from_millis(10);
+
+/// Receives a source's messages for up to `timeout`, handing each to `handle`, which
+/// says whether it changed the view. After the first change only a short wait for the
+/// rest of the burst, and never past the deadline, so a steady stream of events cannot
+/// hold the agent's loop up. `None` when the sender is gone.
+fn receive<M>(
+    rx: &Receiver<M>,
+    timeout: Duration,
+    mut handle: impl FnMut(M) -> Result<bool, SourceError>,
+) -> Result<Option<bool>, SourceError> {
+    let deadline = Instant::now() + timeout;
+    let mut changed = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = if changed { BATCH.min(left) } else { left };
+        if wait.is_zero() {
+            return Ok(Some(changed));
+        }
+        match rx.recv_timeout(wait) {
+            Ok(m) => changed |= handle(m)?,
+            Err(RecvTimeoutError::Timeout) => return Ok(Some(changed)),
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+    }
+}
+
 pub trait Source {
     /// Waits up to `timeout` for the view to change; `true` if it did (the first call
     /// returns as soon as the initial list is in). Changes arriving together are
@@ -157,4 +186,59 @@ pub trait Source {
 
     /// Publishes something peers need on this node's object (an annotation).
     fn annotate_node(&mut self, node: &str, key: &str, value: &str) -> Result<(), SourceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    #[test]
+    fn a_steady_stream_of_events_does_not_hold_the_loop_past_its_deadline() {
+        let (tx, rx) = channel();
+        let sender = std::thread::spawn(move || {
+            // An event every 2 ms for half a second: always within BATCH of the last.
+            for i in 0..250 {
+                if tx.send(i).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let started = Instant::now();
+        let mut seen = 0;
+        let got = receive(&rx, Duration::from_millis(100), |_| {
+            seen += 1;
+            Ok(true)
+        });
+        assert!(matches!(got, Ok(Some(true))), "{got:?}");
+        assert!(seen > 0);
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "held for {:?}",
+            started.elapsed()
+        );
+        drop(rx);
+        let _ = sender.join();
+    }
+
+    #[test]
+    fn a_burst_is_taken_whole_and_a_gone_sender_is_said() {
+        let (tx, rx) = channel();
+        for i in 0..3 {
+            tx.send(i).expect("send");
+        }
+        let mut seen = Vec::new();
+        let got = receive(&rx, Duration::from_secs(5), |m| {
+            seen.push(m);
+            Ok(true)
+        });
+        assert!(matches!(got, Ok(Some(true))));
+        assert_eq!(seen, vec![0, 1, 2]);
+        drop(tx);
+        assert!(matches!(
+            receive(&rx, Duration::from_secs(1), |_: i32| Ok(true)),
+            Ok(None)
+        ));
+    }
 }
