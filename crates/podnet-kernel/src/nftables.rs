@@ -474,14 +474,14 @@ impl NfTables {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let mut offset = 0;
             while offset < size {
-                let buf = NetlinkBuffer::new_checked(&self.buf[offset..size])
+                let start = offset;
+                let buf = NetlinkBuffer::new_checked(&self.buf[start..size])
                     .map_err(|e| io::Error::other(format!("bad netlink header: {e}")))?;
                 let (kind, len, answer_seq) = (
                     buf.message_type(),
                     buf.length() as usize,
                     buf.sequence_number(),
                 );
-                let payload = buf.payload().to_vec();
                 offset += align4(len);
                 if answer_seq != seq {
                     continue;
@@ -489,7 +489,7 @@ impl NfTables {
                 match kind {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = ErrorBuffer::new_checked(&payload[..])
+                        let code = ErrorBuffer::new_checked(buf.payload())
                             .map_err(|e| io::Error::other(format!("bad ack: {e}")))?
                             .code();
                         return match code {
@@ -498,7 +498,6 @@ impl NfTables {
                         };
                     }
                     _ => {
-                        let start = offset - align4(len);
                         let message = NetlinkMessage::<NetfilterMessage>::deserialize(
                             &self.buf[start..start + len],
                         )
