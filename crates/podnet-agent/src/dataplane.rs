@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::{IpNet, Ipv4Net};
 use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
-use podnet_kernel::nftables::NfTables;
+use podnet_kernel::nftables::{NfTables, NftError};
 use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
@@ -30,6 +30,8 @@ pub enum DataplaneError {
     },
     #[error("{0}")]
     Underlay(String),
+    #[error("{0}")]
+    Nft(#[from] NftError),
 }
 
 pub struct Dataplane {
@@ -319,18 +321,16 @@ impl Dataplane {
         // Element changes go over netlink: `nft` would first read back the whole table
         // (over a second at 10,000 Services). Everything else is a script for `nft`.
         let netlink = match &tx {
-            Transaction::Elements(sets) => ruleset::encode(sets).ok(),
+            Transaction::Elements(sets) => ruleset::encode(sets)
+                .inspect_err(|e| tracing::warn!("{e}; sending this change with nft instead"))
+                .ok(),
             Transaction::Script(_) => None,
         };
         let result = match netlink {
-            Some(changes) => {
-                self.nftnl
-                    .commit(ruleset::TABLE, &changes)
-                    .map_err(|e| DataplaneError::Io {
-                        what: "commit nftables elements".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })
-            }
+            Some(changes) => self
+                .nftnl
+                .commit(ruleset::TABLE, &changes)
+                .map_err(DataplaneError::from),
             None => nft::apply(&tx.script()).map_err(|source| DataplaneError::Io {
                 what: "apply nftables".into(),
                 source,

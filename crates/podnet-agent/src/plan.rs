@@ -219,6 +219,26 @@ pub fn plan(me: &NodeInfo, peers: &[NodeInfo], backend: Backend, underlay: &Unde
     d
 }
 
+/// Applies a configured pod MTU: it may lower what the underlay allows, never raise it
+/// (full-size packets would be dropped); `Err`, and the plan's own MTU kept, when it asks
+/// for more.
+pub fn with_mtu(d: &mut Desired, mtu: Option<u32>) -> Result<(), String> {
+    let Some(mtu) = mtu else {
+        return Ok(());
+    };
+    if mtu > d.pod_mtu {
+        return Err(format!(
+            "the configured MTU {mtu} is more than this node's underlay allows ({}); using {}",
+            d.pod_mtu, d.pod_mtu
+        ));
+    }
+    d.pod_mtu = mtu;
+    if let Some(v) = d.vxlan.as_mut() {
+        v.mtu = mtu;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +279,30 @@ mod tests {
         );
         assert_eq!(d.pod_mtu, 1500);
         assert!(d.vxlan.is_none());
+    }
+
+    #[test]
+    fn a_configured_mtu_may_lower_the_pods_mtu_but_not_raise_it() {
+        let nodes = [node(1, 0), node(2, 0)];
+        let vx = Backend::Vxlan {
+            vni: 1,
+            port: 4789,
+            direct_routing: false,
+        };
+        let mut d = plan(&nodes[0], &nodes, vx, &l2());
+        assert_eq!(with_mtu(&mut d, None), Ok(()));
+        assert_eq!(d.pod_mtu, 1450);
+        let e = with_mtu(&mut d, Some(1500)).expect_err("more than VXLAN allows");
+        assert!(e.contains("1500") && e.contains("(1450)"), "{e}");
+        assert_eq!(
+            (d.pod_mtu, d.vxlan.as_ref().map(|v| v.mtu)),
+            (1450, Some(1450))
+        );
+        assert_eq!(with_mtu(&mut d, Some(1400)), Ok(()));
+        assert_eq!(
+            (d.pod_mtu, d.vxlan.as_ref().map(|v| v.mtu)),
+            (1400, Some(1400))
+        );
     }
 
     #[test]

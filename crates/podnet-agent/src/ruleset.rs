@@ -388,21 +388,11 @@ pub enum Transaction {
 }
 
 impl Transaction {
-    /// The transaction as `nft` commands: all deletes, then all adds.
+    /// The transaction as `nft` commands.
     pub fn script(&self) -> String {
         match self {
             Transaction::Script(s) => s.clone(),
-            Transaction::Elements(sets) => {
-                let mut out = String::new();
-                for c in sets.iter().filter(|c| !c.delete.is_empty()) {
-                    elements(&mut out, "delete", &c.set, &c.delete);
-                }
-                for c in sets.iter().filter(|c| !c.add.is_empty()) {
-                    let items: Vec<String> = c.add.iter().map(|(k, v)| item(k, v)).collect();
-                    elements(&mut out, "add", &c.set, &items);
-                }
-                out
-            }
+            Transaction::Elements(sets) => element_script(sets),
         }
     }
 
@@ -415,43 +405,53 @@ impl Transaction {
     }
 }
 
-/// Element changes as nf_tables netlink carries them, typed from podnet's own element
-/// syntax (the sets' types are podnet's, so the text is known to be one of a few forms).
-pub fn encode(sets: &[ElementChanges]) -> Result<Vec<nftables::Change>, String> {
-    let mut out = Vec::new();
+/// Element changes as `nft` commands: all deletes, then all adds.
+fn element_script(sets: &[ElementChanges]) -> String {
+    let mut out = String::new();
     for c in sets.iter().filter(|c| !c.delete.is_empty()) {
-        out.push(nftables::Change {
-            op: nftables::Op::Delete,
-            set: c.set.clone(),
-            elements: c
-                .delete
-                .iter()
-                .map(|k| {
-                    Ok(nftables::Element {
-                        key: encode_key(&c.set, k)?,
-                        data: nftables::ElementData::None,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
-        });
+        elements(&mut out, "delete", &c.set, &c.delete);
     }
     for c in sets.iter().filter(|c| !c.add.is_empty()) {
-        out.push(nftables::Change {
-            op: nftables::Op::Add,
-            set: c.set.clone(),
-            elements: c
-                .add
-                .iter()
-                .map(|(k, v)| {
-                    Ok(nftables::Element {
-                        key: encode_key(&c.set, k)?,
-                        data: encode_data(v)?,
-                    })
-                })
-                .collect::<Result<_, String>>()?,
-        });
+        let items: Vec<String> = c.add.iter().map(|(k, v)| item(k, v)).collect();
+        elements(&mut out, "add", &c.set, &items);
     }
-    Ok(out)
+    out
+}
+
+/// Element changes as nf_tables netlink carries them, typed from podnet's own element
+/// syntax (the sets' types are podnet's, so the text is known to be one of a few forms):
+/// all deletes, then all adds, as [`element_script`] orders them.
+pub fn encode(sets: &[ElementChanges]) -> Result<Vec<nftables::Change>, String> {
+    let deletes = sets.iter().filter(|c| !c.delete.is_empty()).map(|c| {
+        let keys = c.delete.iter().map(|k| (k.as_str(), ""));
+        encode_change(nftables::Op::Delete, &c.set, keys)
+    });
+    let adds = sets.iter().filter(|c| !c.add.is_empty()).map(|c| {
+        let items = c.add.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        encode_change(nftables::Op::Add, &c.set, items)
+    });
+    deletes.chain(adds).collect()
+}
+
+/// One set's elements (key, value; the value empty for a plain set or a delete).
+fn encode_change<'a>(
+    op: nftables::Op,
+    set: &str,
+    items: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<nftables::Change, String> {
+    let elements = items
+        .map(|(k, v)| {
+            Ok(nftables::Element {
+                key: encode_key(set, k)?,
+                data: encode_data(v)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(nftables::Change {
+        op,
+        set: set.to_string(),
+        elements,
+    })
 }
 
 /// A key: `.`-separated addresses, protocols and ports; in an endpoint map (`ep-N`,
@@ -617,15 +617,12 @@ impl Tracked {
                 c.add.push((key.clone(), v.clone()));
             }
         }
-        let elements = Transaction::Elements(by_set.into_values().collect());
+        let sets: Vec<ElementChanges> = by_set.into_values().collect();
         if creates.is_empty() && gone_extras.is_empty() {
-            return match &elements {
-                Transaction::Elements(e) if e.is_empty() => None,
-                _ => Some(elements),
-            };
+            return (!sets.is_empty()).then_some(Transaction::Elements(sets));
         }
         let mut out = creates;
-        out.push_str(&elements.script());
+        out.push_str(&element_script(&sets));
         for name in gone_extras {
             if let Some(e) = self.deleted_extras.get(name) {
                 out.push_str(&e.delete);

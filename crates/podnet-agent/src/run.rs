@@ -131,7 +131,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             Some(me)
         });
         let Some(me) = me else {
-            readiness.not(match view.nodes.get(&config.node) {
+            readiness.not(match mine {
                 None => format!("node {} is not in the cluster (check --node)", config.node),
                 Some(_) => format!(
                     "node {} has no IPv4 InternalIP or no pod CIDR (spec.podCIDRs) yet; run kube-controller-manager with --allocate-node-cidrs, or set spec.podCIDR; pods cannot start until then",
@@ -189,18 +189,9 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
         };
         let mut desired = plan::plan(&me, &peers, config.backend, &underlay);
-        match config.mtu {
-            Some(mtu) if mtu <= desired.pod_mtu => {
-                desired.pod_mtu = mtu;
-                if let Some(v) = desired.vxlan.as_mut() {
-                    v.mtu = mtu;
-                }
-            }
-            Some(mtu) => readiness.not(format!(
-                "the configured MTU {mtu} is more than this node's underlay allows ({}); using {}",
-                desired.pod_mtu, desired.pod_mtu
-            )),
-            None => {}
+        let mtu = plan::with_mtu(&mut desired, config.mtu);
+        if let Err(why) = &mtu {
+            readiness.not(why.clone());
         }
         if desired.unreachable != unreachable || !published_routing {
             for why in desired.unreachable.values() {
@@ -283,7 +274,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             tracing::info!(node = %config.node, subnet = %me.pod_cidr, mtu = desired.pod_mtu, "wrote the node's CNI config");
             written = Some(file);
         }
-        if config.mtu.is_none_or(|m| m <= desired.pod_mtu) {
+        if mtu.is_ok() {
             readiness.ready();
         }
     }

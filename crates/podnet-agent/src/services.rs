@@ -105,8 +105,6 @@ fn protocol(p: Option<&str>) -> String {
     p.unwrap_or("TCP").to_ascii_lowercase()
 }
 
-/// Usable endpoints per (namespace, service, port name, protocol): ready and not
-/// terminating ones only.
 /// What the proxy needs of an EndpointSlice: its Service, its ports and its usable
 /// endpoints (ready and not terminating), parsed once when it arrives. A small fraction of
 /// the Kubernetes object, which matters with 10,000 of them.
