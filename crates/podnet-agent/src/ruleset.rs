@@ -111,17 +111,19 @@ pub const SETS: &[(&str, &str)] = &[
 /// answer the client directly over the bridge, past the node's NAT, and a pod reaching
 /// itself would get a packet from its own address, which it drops as a martian.
 ///
-/// That traffic is recognised in the forward hook and marked for postrouting, not
-/// matched with `iifname` in postrouting: when br_netfilter is loaded (it is per host,
-/// and `bridge-nf-call-iptables` defaults to 1 in every namespace), a packet DNATed to
-/// a port of the bridge it came in on is *bridged* there ("bridged DNAT"), and
-/// br_netfilter runs the IPv4 postrouting hook with no input device, so `iifname` is
-/// empty and never matches. The forward hook sees input and output = the bridge both
-/// when the packet is bridged that way and when it is routed (no br_netfilter).
-/// Refusing is for new connections only: the packets of established flows (nearly all)
-/// pass the filter hooks with one conntrack-state check and no lookups.
-/// Priorities are numbers (dstnat is -100): nft 1.0.6 knows
-/// the names only for some hooks.
+/// Every check runs in a hook that a packet must pass anyway, and only where it is
+/// needed: each base chain is one more call on every packet of its hook, and the cost
+/// of a pod-to-pod packet across nodes is mostly those calls (see BENCHMARKS.md).
+/// - Refusing (no endpoints, a port or address a ClusterIP does not serve) is decided
+///   in the nat chains, which the kernel runs for the first packet of a connection only:
+///   the packets of established flows, nearly all, pass no lookup at all.
+/// - Same-node Service traffic is recognised in nat postrouting by addresses (a DNATed
+///   connection from a local pod to a local pod), not by devices: when br_netfilter is
+///   on (`--bridge-netfilter`), such a packet is *bridged* back out of the bridge it came
+///   in on, and br_netfilter runs postrouting with no input device.
+///
+/// Priorities are numbers (dstnat is -100): nft 1.0.6 knows the names only for some
+/// hooks.
 pub fn base(c: &TableConfig) -> String {
     let (cluster_cidr, bridge) = (c.cluster_cidr, &c.bridge);
     // What never needs conntrack, skipped before it (priority -300):
@@ -135,7 +137,8 @@ pub fn base(c: &TableConfig) -> String {
     let mut prerouting = Vec::new();
     let mut output = Vec::new();
     if let Some(port) = c.vxlan_port {
-        let rule = format!("ip daddr @nodes udp dport {port} notrack");
+        // The port first: most packets are not UDP, and that needs no set lookup.
+        let rule = format!("udp dport {port} ip daddr @nodes notrack");
         prerouting.push(rule.clone());
         output.push(rule);
     }
@@ -164,6 +167,10 @@ pub fn base(c: &TableConfig) -> String {
         .service_cidr
         .map(|c| format!("\t\tip daddr {c} ip daddr != @cluster-ips jump reject-now\n"))
         .unwrap_or_default();
+    let hairpin = c
+        .local_pods
+        .map(|l| format!("\t\tip saddr {l} ip daddr {l} ct status dnat masquerade\n"))
+        .unwrap_or_default();
     let mut s = format!("table inet {TABLE} {{\n");
     s.push_str(&notrack);
     for (name, ty) in SETS {
@@ -182,14 +189,6 @@ pub fn base(c: &TableConfig) -> String {
          \t\tfib daddr type local meta l4proto . th dport @nodeport-no-endpoints jump reject-now\n\
          {unallocated}\
          \t}}\n\
-         \tchain filter-prerouting {{\n\
-         \t\ttype filter hook prerouting priority -110; policy accept;\n\
-         \t\tct state new jump services-reject\n\
-         \t}}\n\
-         \tchain filter-output {{\n\
-         \t\ttype filter hook output priority -110; policy accept;\n\
-         \t\tct state new jump services-reject\n\
-         \t}}\n\
          \tchain services {{\n\
          \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
          \t\tfib daddr type local meta l4proto . th dport @nodeport-masquerade meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
@@ -197,19 +196,18 @@ pub fn base(c: &TableConfig) -> String {
          \t}}\n\
          \tchain nat-prerouting {{\n\
          \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\tjump services-reject\n\
          \t\tjump services\n\
          \t}}\n\
          \tchain nat-output {{\n\
          \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tjump services-reject\n\
          \t\tjump services\n\
-         \t}}\n\
-         \tchain filter-forward {{\n\
-         \t\ttype filter hook forward priority -110; policy accept;\n\
-         \t\tiifname \"{bridge}\" oifname \"{bridge}\" ct state new ct status dnat meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
+         {hairpin}\
          \t\tip saddr {cluster_cidr} ip daddr != {cluster_cidr} ip daddr != @nodes masquerade\n\
          \t}}\n\
          }}\n"
@@ -676,18 +674,32 @@ mod tests {
         for (name, _) in SETS {
             assert!(b.contains(&format!(" {name} {{")), "{name}");
         }
-        assert!(b.contains("type nat hook prerouting priority -100"));
-        // Same-node Service traffic is marked in forward (where br_netfilter's bridged
-        // DNAT still shows the bridge as input), never matched by iifname in postrouting.
-        assert!(b.contains(
-            "type filter hook forward priority -110; policy accept;\n\t\tiifname \"podnet0\" oifname \"podnet0\" ct state new ct status dnat meta mark set meta mark | 0x4000\n"
-        ));
+        // Refusing is decided where new connections are NATed; no filter chain is hooked.
+        for hook in ["prerouting", "output"] {
+            assert!(
+                b.contains(&format!("type nat hook {hook} priority -100; policy accept;\n\t\tjump services-reject\n\t\tjump services\n")),
+                "{b}"
+            );
+        }
+        assert!(!b.contains("type filter"), "{b}");
         assert!(b.contains("meta mark & 0x4000 == 0x4000 masquerade"));
-        let post = &b[b.find("chain postrouting").expect("postrouting")..];
-        assert!(!post.contains("iifname"));
         assert!(b.contains(
             "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 ip daddr != @nodes masquerade"
         ));
+        // Same-node Service traffic is known by its addresses once the node's pod CIDR
+        // is: br_netfilter's bridged DNAT reaches postrouting with no input device.
+        assert!(!b.contains("ct status dnat"), "{b}");
+        let mut c = TableConfig::test("10.244.0.0/16");
+        c.local_pods = "10.244.3.0/24".parse().ok();
+        let b = base(&c);
+        let post = &b[b.find("chain postrouting").expect("postrouting")..];
+        assert!(
+            post.contains(
+                "ip saddr 10.244.3.0/24 ip daddr 10.244.3.0/24 ct status dnat masquerade"
+            ),
+            "{post}"
+        );
+        assert!(!post.contains("iifname"));
     }
 
     #[test]
@@ -811,8 +823,8 @@ mod tests {
         assert!(!base(&c).contains("notrack"));
         c.vxlan_port = Some(8472);
         let b = base(&c);
-        assert!(b.contains("type filter hook prerouting priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
-        assert!(b.contains("type filter hook output priority -300; policy accept;\n\t\tip daddr @nodes udp dport 8472 notrack"), "{b}");
+        assert!(b.contains("type filter hook prerouting priority -300; policy accept;\n\t\tudp dport 8472 ip daddr @nodes notrack"), "{b}");
+        assert!(b.contains("type filter hook output priority -300; policy accept;\n\t\tudp dport 8472 ip daddr @nodes notrack"), "{b}");
     }
 
     #[test]
