@@ -1,19 +1,26 @@
 //! The datapath: TCP throughput (iperf3, one stream) and request/response rate (sockperf
-//! TCP ping-pong, 64-byte messages, one message in flight) over four paths measured in one
-//! run, each reported as a ratio to the first:
+//! TCP ping-pong, 64-byte messages, one message in flight) over seven paths measured in
+//! one run, each reported as a ratio to the first:
 //!
 //! 1. a bare veth pair between two namespaces this bench makes (the anchor: what this
 //!    machine can do with no pod network at all);
-//! 2. pod to pod on one node of a lab;
-//! 3. pod to pod across nodes with `--backend host-gw`;
-//! 4. pod to pod across nodes with `--backend vxlan`.
+//! 2. to 4. the issue's "hand-built minimal setup" of each path, built here with `ip`
+//!    and no rules at all: two pods on one node's bridge; pods on two nodes routed over
+//!    their underlay (host-gw); and the same through a VXLAN device per node (pod MTU
+//!    1450). The nodes hang off a switch namespace, as the lab's do;
+//! 5. to 7. the same three paths in real labs (`--backend host-gw` and `--backend
+//!    vxlan`), with their agents running and podnet's routes and rules loaded.
 //!
-//! Paths 2 to 4 are real labs with their agents running and podnet's routes and rules
-//! loaded; each is measured again with the rules out of the kernel (agents paused, table
-//! deleted), so the rules' own cost shows in the same run. Every measurement is warmed up first; the paths are then measured in
-//! `ROUNDS` interleaved rounds (each round starting at a different path) and the median
-//! is reported, so that a burst of unrelated load on this small machine hits every path
-//! alike. Run as root: `cargo bench -p podnet --bench datapath`.
+//! The issue's targets are podnet within 5% of the hand-built setups. Its reference
+//! ratios were measured with the client and the server on different CPUs (the bare pair
+//! then took 56 µs a round trip); this bench measures that way (client on CPU 0, server
+//! on CPU 1), and also with both on CPU 0, where a round trip costs only the CPU time
+//! of the path (7 to 8 µs for the bare pair) and every extra hook shows.
+//!
+//! Every path is warmed up first; the paths are then measured in `ROUNDS` interleaved
+//! rounds (each round starting at a different path) and the median is reported, so that
+//! a burst of unrelated load on this small machine hits every path alike. Run as root:
+//! `cargo bench -p podnet --bench datapath`.
 //!
 //! Nothing runs in the machine's own network namespace: servers and clients run in the
 //! bench's namespaces or in lab pods, and everything is removed on success and on panic
@@ -40,36 +47,49 @@ const ROUNDS: usize = 7;
 const VETH_CLIENT: &str = "192.0.2.1/24";
 const VETH_SERVER: &str = "192.0.2.2";
 
-/// Where every sockperf server listens.
-const SOCKPERF_PORT: &str = "11111";
-/// sockperf's client and server both run on this CPU. Left to the scheduler, the pair
-/// lands on one CPU or on two from run to run, and on this VM a wakeup across CPUs costs
-/// more than the whole bare-veth path (a bare-veth round trip takes about 7 µs on one
-/// CPU and 16 to 36 µs on two), so unpinned runs flip between two results, and runs
-/// pinned to two CPUs mostly measure how fast the hypervisor wakes an idle vCPU. On one
-/// CPU every packet of a round trip is processed by that CPU, one after the other, so the
-/// rate is what the path costs in CPU time, and it repeats within a few percent.
-/// iperf3 is left unpinned: its throughput does not flip like that.
-const RR_CPU: &str = "0";
+/// sockperf clients run on CPU 0. Left to the scheduler, a client and its server land
+/// on one CPU or on two from run to run, and on this VM a wakeup across CPUs costs more
+/// than the whole bare-veth path, so unpinned runs flip between two results. Pinned,
+/// each placement repeats within a few percent; every server runs twice, once per CPU.
+const CLIENT_CPU: &str = "0";
+/// Where the sockperf server on the client's CPU listens, and the one on the other CPU.
+const PORT_SAME_CPU: &str = "11111";
+const PORT_OTHER_CPU: &str = "11112";
+const SOCKPERF_SERVERS: [(&str, &str); 2] = [(PORT_SAME_CPU, "0"), (PORT_OTHER_CPU, "1")];
 
-/// Runs a command (argv) at a path's client end.
-/// The bare pair's round trip when the issue's reference ratios were measured (DESIGN.md).
-const REFERENCE_ANCHOR_RTT_US: f64 = 56.0;
+/// The three paths a pod network provides, each measured hand-built and with podnet.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    SameNode,
+    HostGw,
+    Vxlan,
+}
 
-type Client<'a> = Box<dyn Fn(&[&str]) -> Output + 'a>;
+impl Path {
+    const ALL: [Path; 3] = [Path::SameNode, Path::HostGw, Path::Vxlan];
 
-/// One path: how to run a client command at its near end, and the server at its far end.
-struct Datapath<'a> {
-    name: &'static str,
-    server_ip: String,
-    client: Client<'a>,
-    /// Minimum round-trip-rate ratio to the anchor, and what a hand-built minimal setup
-    /// reached (round trips, throughput), from the issue.
-    target: Option<Target>,
-    /// The lab the path runs in, and whether podnet's rules are loaded while it is
-    /// measured (without: the agents paused and the table deleted, the same path bare).
-    lab: Option<&'a Lab>,
-    rules: bool,
+    fn label(self) -> &'static str {
+        match self {
+            Path::SameNode => "pod to pod, same node",
+            Path::HostGw => "pod to pod, host-gw",
+            Path::Vxlan => "pod to pod, vxlan",
+        }
+    }
+
+    /// From the issue: what its hand-built setup reached (round trips, throughput) as a
+    /// ratio to the bare pair, and the minimum round-trip ratio for podnet.
+    fn target(self) -> Target {
+        let (reference_rr, reference_throughput, rr_ratio) = match self {
+            Path::SameNode => (0.94, 0.80, 0.90),
+            Path::HostGw => (0.87, 0.68, 0.83),
+            Path::Vxlan => (0.79, 0.55, 0.75),
+        };
+        Target {
+            rr_ratio,
+            reference_rr,
+            reference_throughput,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -79,10 +99,40 @@ struct Target {
     reference_throughput: f64,
 }
 
+/// What a path is: the anchor, a hand-built setup or podnet's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Anchor,
+    HandBuilt(Path),
+    Podnet(Path),
+}
+
+impl Kind {
+    fn name(self) -> String {
+        match self {
+            Kind::Anchor => "bare veth (anchor)".into(),
+            Kind::HandBuilt(p) => format!("hand-built: {}", p.label()),
+            Kind::Podnet(p) => format!("podnet: {}", p.label()),
+        }
+    }
+}
+
+/// Runs a command (argv) at a path's client end.
+type Client<'a> = Box<dyn Fn(&[&str]) -> Output + 'a>;
+
+/// One path: how to run a client command at its near end, and its server's address.
+struct Datapath<'a> {
+    kind: Kind,
+    server_ip: String,
+    client: Client<'a>,
+}
+
 #[derive(Default)]
 struct Samples {
     gbps: Vec<f64>,
-    round_trips: Vec<f64>,
+    /// Round trips per second, the server on the other CPU / on the client's CPU.
+    other_cpu: Vec<f64>,
+    same_cpu: Vec<f64>,
 }
 
 /// A server process the bench started; killed when dropped.
@@ -95,69 +145,281 @@ impl Drop for Server {
     }
 }
 
-/// The anchor's namespaces and servers. Field order is drop order: servers go before
-/// their namespaces.
-struct BareVeth {
+/// Namespaces the bench made, with their servers. Field order is drop order: servers go
+/// before their namespaces.
+struct Built {
     _servers: Vec<Server>,
-    client_ns: NetNs,
-    _server_ns: NetNs,
+    /// Client namespaces by path (the anchor's, or the hand-built ones).
+    clients: Vec<(Kind, NetNs, String)>,
+    _namespaces: Vec<NetNs>,
     _fx: Fixture,
 }
 
-// ---------------------------------------------------------------------------------------
-// The four paths
+impl Built {
+    fn path(&self, kind: Kind) -> Datapath<'_> {
+        let (_, ns, server_ip) = self
+            .clients
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .expect("a path the bench built");
+        Datapath {
+            kind,
+            server_ip: server_ip.clone(),
+            client: Box::new(move |cmd| {
+                let mut c = Command::new(cmd[0]);
+                c.args(&cmd[1..]);
+                in_netns(&mut c, ns)
+                    .output()
+                    .unwrap_or_else(|e| panic!("run {cmd:?} at a client: {e}"))
+            }),
+        }
+    }
+}
 
-/// Path 1: two namespaces joined by one veth pair, MTU 1500 like the lab's underlay.
-fn bare_veth() -> BareVeth {
+/// The servers every path's far end runs: iperf3 and one sockperf per CPU.
+fn servers(ns: &NetNs) -> Vec<Server> {
+    let mut v = vec![spawn_in(ns, &["iperf3", "-s"])];
+    for (port, cpu) in SOCKPERF_SERVERS {
+        v.push(spawn_in(ns, &sockperf_server(port, cpu)));
+    }
+    v
+}
+
+fn sockperf_server<'a>(port: &'a str, cpu: &'a str) -> [&'a str; 10] {
+    [
+        "taskset", "-c", cpu, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", port,
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// The paths built by hand
+
+/// Path 1 and the hand-built paths 2 to 4.
+///
+/// ```text
+///   anchor:   client ==veth== server
+///   host-gw:  hg-1 [cni0]--eth0 ==\            /== eth0--[cni0] hg-2  (pods: hg-c, hg-s, hg-n)
+///   vxlan:    vx-1 [cni0]--eth0 ===[switch br0]=== eth0--[cni0] vx-2  (pods: vx-c, vx-s)
+/// ```
+/// Node addresses are TEST-NET-1 and pods use 10.244.0.0/16, all inside these
+/// namespaces only.
+fn build() -> Built {
     let mut fx = Fixture::new("bench");
-    let client_ns = fx.netns("a");
-    let server_ns = fx.netns("b");
-    let peer = server_ns.path().display().to_string();
-    // Both ends are created from inside namespace a, the server end straight into b, so
-    // no device ever exists in the machine's own namespace.
-    run_in(
-        &client_ns,
-        &[
-            "ip", "link", "add", "veth-a", "mtu", "1500", "type", "veth", "peer", "name", "veth-b",
-            "mtu", "1500", "netns", &peer,
-        ],
-    );
+    let mut namespaces = Vec::new();
+    let mut servers_ = Vec::new();
+    let mut clients = Vec::new();
+
+    // The anchor: one veth pair, MTU 1500 like the lab's underlay.
+    let a = fx.netns("a");
+    let b = fx.netns("b");
+    veth(&a, "veth-a", &b, "veth-b", 1500);
     for (ns, dev, addr) in [
-        (&client_ns, "veth-a", VETH_CLIENT.to_string()),
-        (&server_ns, "veth-b", format!("{VETH_SERVER}/24")),
+        (&a, "veth-a", VETH_CLIENT.to_string()),
+        (&b, "veth-b", format!("{VETH_SERVER}/24")),
     ] {
         run_in(ns, &["ip", "link", "set", "lo", "up"]);
         run_in(ns, &["ip", "addr", "add", &addr, "dev", dev]);
         run_in(ns, &["ip", "link", "set", dev, "up"]);
     }
-    let servers = vec![
-        spawn_in(&server_ns, &["iperf3", "-s"]),
-        spawn_in(&server_ns, &SOCKPERF_SERVER),
+    servers_.extend(servers(&b));
+    clients.push((Kind::Anchor, a, VETH_SERVER.to_string()));
+    namespaces.push(b);
+
+    // The underlay: one switch, as in the lab (`--underlay l2`).
+    let sw = fx.netns("sw");
+    run_in(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
+    run_in(&sw, &["ip", "link", "set", "br0", "up"]);
+    quiet_bridge(&sw);
+
+    // host-gw: node hg-1 (10.244.1.0/24) and hg-2 (10.244.2.0/24).
+    let hg1 = node(&mut fx, &sw, "hg-1", "192.0.2.11", "10.244.1.1");
+    let hg2 = node(&mut fx, &sw, "hg-2", "192.0.2.12", "10.244.2.1");
+    run_in(
+        &hg1,
+        &["ip", "route", "add", "10.244.2.0/24", "via", "192.0.2.12"],
+    );
+    run_in(
+        &hg2,
+        &["ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.11"],
+    );
+    let hg_server = pod(&mut fx, &hg2, "hg-s", "10.244.2.2", 1500);
+    let hg_near = pod(&mut fx, &hg2, "hg-n", "10.244.2.3", 1500);
+    let hg_far = pod(&mut fx, &hg1, "hg-c", "10.244.1.2", 1500);
+    servers_.extend(servers(&hg_server));
+    clients.push((
+        Kind::HandBuilt(Path::SameNode),
+        hg_near,
+        "10.244.2.2".into(),
+    ));
+    clients.push((Kind::HandBuilt(Path::HostGw), hg_far, "10.244.2.2".into()));
+
+    // vxlan: node vx-1 (10.244.3.0/24) and vx-2 (10.244.4.0/24), VNI 1, port 4789, no
+    // learning; per peer a permanent neighbour, an FDB entry and an on-link route, as
+    // podnet's agent programs them.
+    let vx1 = node(&mut fx, &sw, "vx-1", "192.0.2.13", "10.244.3.1");
+    let vx2 = node(&mut fx, &sw, "vx-2", "192.0.2.14", "10.244.4.1");
+    let vteps = [
+        (&vx1, "192.0.2.13", "10.244.3.0", "02:00:c0:00:02:0d"),
+        (&vx2, "192.0.2.14", "10.244.4.0", "02:00:c0:00:02:0e"),
     ];
-    BareVeth {
-        _servers: servers,
-        client_ns,
-        _server_ns: server_ns,
+    for (ns, _, vtep_ip, mac) in vteps {
+        run_in(
+            ns,
+            &[
+                "ip",
+                "link",
+                "add",
+                "vxlan0",
+                "address",
+                mac,
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "dstport",
+                "4789",
+                "nolearning",
+                "dev",
+                "eth0",
+            ],
+        );
+        run_in(
+            ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{vtep_ip}/32"),
+                "dev",
+                "vxlan0",
+            ],
+        );
+        run_in(ns, &["ip", "link", "set", "vxlan0", "up"]);
+    }
+    for (me, peer) in [(0, 1), (1, 0)] {
+        let (ns, _, _, _) = vteps[me];
+        let (_, underlay, vtep_ip, mac) = vteps[peer];
+        let cidr = format!("{vtep_ip}/24");
+        run_in(
+            ns,
+            &[
+                "ip",
+                "neigh",
+                "add",
+                vtep_ip,
+                "lladdr",
+                mac,
+                "dev",
+                "vxlan0",
+                "nud",
+                "permanent",
+            ],
+        );
+        run_in(
+            ns,
+            &[
+                "bridge", "fdb", "append", mac, "dev", "vxlan0", "dst", underlay,
+            ],
+        );
+        run_in(
+            ns,
+            &[
+                "ip", "route", "add", &cidr, "via", vtep_ip, "dev", "vxlan0", "onlink",
+            ],
+        );
+    }
+    let vx_server = pod(&mut fx, &vx2, "vx-s", "10.244.4.2", 1450);
+    let vx_far = pod(&mut fx, &vx1, "vx-c", "10.244.3.2", 1450);
+    servers_.extend(servers(&vx_server));
+    clients.push((Kind::HandBuilt(Path::Vxlan), vx_far, "10.244.4.2".into()));
+
+    namespaces.extend([sw, hg1, hg2, hg_server, vx1, vx2, vx_server]);
+    Built {
+        _servers: servers_,
+        clients,
+        _namespaces: namespaces,
         _fx: fx,
     }
 }
 
-fn veth_path(v: &BareVeth) -> Datapath<'_> {
-    Datapath {
-        name: "bare veth (anchor)",
-        server_ip: VETH_SERVER.to_string(),
-        client: Box::new(move |cmd| {
-            let mut c = Command::new(cmd[0]);
-            c.args(&cmd[1..]);
-            in_netns(&mut c, &v.client_ns)
-                .output()
-                .expect("run a client in the anchor's namespace")
-        }),
-        target: None,
-        lab: None,
-        rules: false,
+/// A veth pair from `a` (named `a_dev`) to `b` (`b_dev`), created from inside `a` with
+/// the far end straight into `b`, so no device ever exists in the machine's namespace.
+fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str, mtu: u32) {
+    let (peer, mtu) = (b.path().display().to_string(), mtu.to_string());
+    run_in(
+        a,
+        &[
+            "ip", "link", "add", a_dev, "mtu", &mtu, "type", "veth", "peer", "name", b_dev, "mtu",
+            &mtu, "netns", &peer,
+        ],
+    );
+}
+
+/// Bridges in these namespaces only switch frames: no IP hooks (as podnet sets it).
+fn quiet_bridge(ns: &NetNs) {
+    for table in ["iptables", "ip6tables", "arptables"] {
+        run_in(
+            ns,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.bridge.bridge-nf-call-{table}=0"),
+            ],
+        );
     }
 }
+
+/// A node: plugged into the switch as eth0 with `underlay`/24, forwarding, and a `cni0`
+/// bridge holding the gateway address of its pods' /24.
+fn node(fx: &mut Fixture, sw: &NetNs, name: &str, underlay: &str, gateway: &str) -> NetNs {
+    let ns = fx.netns(name);
+    let port = format!("s-{name}");
+    veth(sw, &port, &ns, "eth0", 1500);
+    run_in(sw, &["ip", "link", "set", &port, "master", "br0", "up"]);
+    run_in(&ns, &["ip", "link", "set", "lo", "up"]);
+    run_in(
+        &ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{underlay}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    run_in(&ns, &["ip", "link", "set", "eth0", "up"]);
+    run_in(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    quiet_bridge(&ns);
+    run_in(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
+    run_in(
+        &ns,
+        &["ip", "addr", "add", &format!("{gateway}/24"), "dev", "cni0"],
+    );
+    run_in(&ns, &["ip", "link", "set", "cni0", "up"]);
+    ns
+}
+
+/// A pod on `node`'s bridge: eth0 with `ip`/24, the default route via the bridge.
+fn pod(fx: &mut Fixture, node: &NetNs, name: &str, ip: &str, mtu: u32) -> NetNs {
+    let ns = fx.netns(name);
+    let host = format!("h-{name}");
+    veth(node, &host, &ns, "eth0", mtu);
+    run_in(node, &["ip", "link", "set", &host, "master", "cni0", "up"]);
+    let gateway = ip.rsplit_once('.').map(|(net, _)| format!("{net}.1"));
+    let gateway = gateway.expect("an IPv4 address");
+    run_in(&ns, &["ip", "link", "set", "lo", "up"]);
+    run_in(
+        &ns,
+        &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+    );
+    run_in(&ns, &["ip", "link", "set", "eth0", "up"]);
+    run_in(&ns, &["ip", "route", "add", "default", "via", &gateway]);
+    ns
+}
+
+// ---------------------------------------------------------------------------------------
+// The paths in podnet's labs
 
 /// A 2-node lab with a server pod on node-2 and a client pod on each node.
 fn lab(backend: &str) -> Lab {
@@ -174,139 +436,34 @@ fn lab(backend: &str) -> Lab {
     lab
 }
 
-fn lab_path<'a>(
-    lab: &'a Lab,
-    name: &'static str,
-    client: &'static str,
-    target: Target,
-) -> Datapath<'a> {
+fn lab_path(lab: &Lab, path: Path) -> Datapath<'_> {
+    let client = if path == Path::SameNode {
+        "near"
+    } else {
+        "far"
+    };
     Datapath {
-        name,
+        kind: Kind::Podnet(path),
         server_ip: lab.pod_ip("server"),
         client: Box::new(move |cmd| lab.exec(client, cmd)),
-        target: Some(target),
-        lab: Some(lab),
-        rules: true,
     }
 }
 
-/// The same path with podnet's rules out of the kernel: what the path costs bare.
-fn without_rules<'a>(p: &Datapath<'a>, name: &'static str, client: &'static str) -> Datapath<'a> {
-    let lab = p.lab.expect("a lab path");
-    Datapath {
-        name,
-        server_ip: p.server_ip.clone(),
-        client: Box::new(move |cmd| lab.exec(client, cmd)),
-        target: None,
-        lab: Some(lab),
-        rules: false,
-    }
-}
-
-/// Loads (`on`) or removes podnet's rules in both nodes of `lab`. Off: the agents are
-/// paused (SIGSTOP; the supervisor restarts only agents that exit) and the table is
-/// deleted, so no chain and no conntrack runs. On: the agents resume and, finding the
-/// table gone, write it again within a second.
-fn set_rules(lab: &Lab, on: bool) {
-    for node in ["node-1", "node-2"] {
-        let pid = lab
-            .agent_pid(node)
-            .unwrap_or_else(|| panic!("{node}'s agent"));
-        let signal = if on { "-CONT" } else { "-STOP" };
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .is_ok_and(|s| s.success()));
-        if !on {
-            let _ = lab.exec(
-                &format!("node/{node}"),
-                &["nft", "delete", "table", "inet", "podnet"],
-            );
-        }
-    }
-    if on {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in ["node-1", "node-2"] {
-            while !lab
-                .exec(
-                    &format!("node/{node}"),
-                    &["nft", "list", "chain", "inet", "podnet", "postrouting"],
-                )
-                .status
-                .success()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "{node}: the agent did not write its table again"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// Path 2: the same-node path does not depend on the backend; it runs in the host-gw lab.
-fn same_node(lab: &Lab) -> Datapath<'_> {
-    lab_path(
-        lab,
-        "pod to pod, same node",
-        "near",
-        Target {
-            rr_ratio: 0.90,
-            reference_rr: 0.94,
-            reference_throughput: 0.80,
-        },
-    )
-}
-
-/// Path 3: routed across the underlay, no encapsulation.
-fn host_gw(lab: &Lab) -> Datapath<'_> {
-    lab_path(
-        lab,
-        "pod to pod, host-gw",
-        "far",
-        Target {
-            rr_ratio: 0.83,
-            reference_rr: 0.87,
-            reference_throughput: 0.68,
-        },
-    )
-}
-
-/// Path 4: VXLAN across the underlay (pod MTU 1450).
-fn vxlan(lab: &Lab) -> Datapath<'_> {
-    lab_path(
-        lab,
-        "pod to pod, vxlan",
-        "far",
-        Target {
-            rr_ratio: 0.75,
-            reference_rr: 0.79,
-            reference_throughput: 0.55,
-        },
-    )
-}
-
-/// `taskset -c RR_CPU sockperf server ...`, in the bench's namespace or in a pod.
-const SOCKPERF_SERVER: [&str; 10] = [
-    "taskset",
-    "-c",
-    RR_CPU,
-    "sockperf",
-    "server",
-    "--tcp",
-    "-i",
-    "0.0.0.0",
-    "-p",
-    SOCKPERF_PORT,
-];
-
-/// iperf3 and sockperf servers, as two containers of one pod.
+/// iperf3 and the sockperf servers, as containers of one pod.
 fn server_pod(name: &str, node: &str) -> String {
-    let sockperf: Vec<String> = SOCKPERF_SERVER.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut containers = String::from("  - {name: iperf3, command: [iperf3, -s]}\n");
+    for (port, cpu) in SOCKPERF_SERVERS {
+        let argv: Vec<String> = sockperf_server(port, cpu)
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        containers.push_str(&format!(
+            "  - {{name: sockperf-cpu{cpu}, command: [{}]}}\n",
+            argv.join(", ")
+        ));
+    }
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n  - {{name: iperf3, command: [iperf3, -s]}}\n  - {{name: sockperf, command: [{}]}}\n---\n",
-        sockperf.join(", ")
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n{containers}---\n"
     )
 }
 
@@ -344,18 +501,19 @@ fn throughput(p: &Datapath<'_>, seconds: &str) -> Result<f64, String> {
 
 /// sockperf TCP ping-pong: completed round trips per second over its valid duration
 /// (after its own warm-up). sockperf's "latency" is half a round trip.
-fn round_trips(p: &Datapath<'_>, seconds: &str) -> Result<f64, String> {
+/// `port` picks the server: on the client's CPU or on the other one.
+fn round_trips(p: &Datapath<'_>, port: &str, seconds: &str) -> Result<f64, String> {
     let out = (p.client)(&[
         "taskset",
         "-c",
-        RR_CPU,
+        CLIENT_CPU,
         "sockperf",
         "ping-pong",
         "--tcp",
         "-i",
         &p.server_ip,
         "-p",
-        SOCKPERF_PORT,
+        port,
         "-t",
         seconds,
         "-m",
@@ -385,13 +543,16 @@ fn parse_sockperf(text: &str) -> Option<f64> {
 fn warm_up(p: &Datapath<'_>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let Err(e) = throughput(p, "1").and_then(|_| round_trips(p, "1")) else {
+        let Err(e) = throughput(p, "1")
+            .and_then(|_| round_trips(p, PORT_SAME_CPU, "1"))
+            .and_then(|_| round_trips(p, PORT_OTHER_CPU, "1"))
+        else {
             return;
         };
         assert!(
             Instant::now() < deadline,
             "{}: servers never answered: {e}",
-            p.name
+            p.kind.name()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -503,41 +664,22 @@ fn list(v: &[f64], digits: usize) -> String {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    eprintln!("setting up: bare veth, a host-gw lab and a vxlan lab (2 nodes each)...");
-    let veth = bare_veth();
+    eprintln!("setting up: bare veth, hand-built paths, a host-gw lab and a vxlan lab...");
+    let built = build();
     let host_gw_lab = lab("host-gw");
     let vxlan_lab = lab("vxlan");
     eprintln!(
         "labs {} (host-gw) and {} (vxlan) are up",
         host_gw_lab.name, vxlan_lab.name
     );
-    let with = [
-        same_node(&host_gw_lab),
-        host_gw(&host_gw_lab),
-        vxlan(&vxlan_lab),
-    ];
-    let without = [
-        without_rules(&with[0], "same node, no rules", "near"),
-        without_rules(&with[1], "host-gw, no rules", "far"),
-        without_rules(&with[2], "vxlan, no rules", "far"),
-    ];
-    let paths: Vec<Datapath<'_>> = std::iter::once(veth_path(&veth))
-        .chain(with)
-        .chain(without)
-        .collect();
-    // Whether each lab has its rules loaded now.
-    let mut loaded: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
-    let mut prepare = |p: &Datapath<'_>| {
-        if let Some(lab) = p.lab {
-            let now = loaded.entry(lab.name.clone()).or_insert(true);
-            if *now != p.rules {
-                set_rules(lab, p.rules);
-                *now = p.rules;
-            }
-        }
-    };
+    let mut paths = vec![built.path(Kind::Anchor)];
+    paths.extend(Path::ALL.map(|p| built.path(Kind::HandBuilt(p))));
+    paths.extend([
+        lab_path(&host_gw_lab, Path::SameNode),
+        lab_path(&host_gw_lab, Path::HostGw),
+        lab_path(&vxlan_lab, Path::Vxlan),
+    ]);
     for p in &paths {
-        prepare(p);
         warm_up(p);
     }
 
@@ -548,32 +690,28 @@ fn main() {
             // Each round starts one path later, so no path is always first or last.
             let i = (round + k) % paths.len();
             let p = &paths[i];
-            prepare(p);
+            let name = p.kind.name();
             if let Some(busy) = wait_for_quiet() {
                 busy_notes.push(format!(
-                    "round {}, {}: the machine was {:.0}% busy before measuring",
+                    "round {}, {name}: the machine was {:.0}% busy before measuring",
                     round + 1,
-                    p.name,
                     busy * 100.0
                 ));
             }
-            let gbps = throughput(p, SECONDS).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-            let rr = round_trips(p, SECONDS).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let fail = |e: String| -> f64 { panic!("{name}: {e}") };
+            let gbps = throughput(p, SECONDS).unwrap_or_else(fail);
+            let other = round_trips(p, PORT_OTHER_CPU, SECONDS).unwrap_or_else(fail);
+            let same = round_trips(p, PORT_SAME_CPU, SECONDS).unwrap_or_else(fail);
             eprintln!(
-                "round {}: {:<22} {gbps:6.2} Gbit/s {rr:8.0} round trips/s",
+                "round {}: {name:<38} {gbps:6.2} Gbit/s {other:8.0} | {same:8.0} round trips/s",
                 round + 1,
-                p.name
             );
             samples[i].gbps.push(gbps);
-            samples[i].round_trips.push(rr);
+            samples[i].other_cpu.push(other);
+            samples[i].same_cpu.push(same);
         }
     }
 
-    for lab in [&host_gw_lab, &vxlan_lab] {
-        if loaded.get(&lab.name) == Some(&false) {
-            set_rules(lab, true);
-        }
-    }
     report(&paths, &samples, &busy_notes);
     for (lab, backend) in [(&host_gw_lab, "host-gw"), (&vxlan_lab, "vxlan")] {
         // The pod's MTU from inside the pod (sysfs would show the machine's own eth0).
@@ -583,110 +721,92 @@ fn main() {
             .skip_while(|w| *w != "mtu")
             .nth(1)
             .unwrap_or("?");
-        let br_nf = stdout(&lab.exec(
-            "node/node-1",
-            &["sysctl", "-n", "net.bridge.bridge-nf-call-iptables"],
-        ));
+        let chains = stdout(&lab.exec("node/node-1", &["nft", "list", "chains", "inet", "podnet"]));
+        let hooked: Vec<&str> = chains
+            .lines()
+            .filter(|l| l.contains("hook"))
+            .map(str::trim)
+            .collect();
         println!(
-            "{backend} lab {}: pod MTU {mtu}, node bridge-nf-call-iptables={br_nf}",
-            lab.name
+            "{backend} lab {}: pod MTU {mtu}; node-1's hooked chains: {}",
+            lab.name,
+            hooked.join(" | ")
         );
     }
 }
 
-/// Prints the table (Markdown, ready for BENCHMARKS.md) and every sample.
+/// Prints the tables (Markdown, ready for BENCHMARKS.md) and every sample.
 fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
-    let anchor_gbps = median(&samples[0].gbps);
-    let anchor_rr = median(&samples[0].round_trips);
+    let med = |k: Kind, f: fn(&Samples) -> &[f64]| -> f64 {
+        let i = paths
+            .iter()
+            .position(|p| p.kind == k)
+            .expect("every kind is measured");
+        median(f(&samples[i]))
+    };
+    fn gbps(s: &Samples) -> &[f64] {
+        &s.gbps
+    }
+    fn other(s: &Samples) -> &[f64] {
+        &s.other_cpu
+    }
+    fn same(s: &Samples) -> &[f64] {
+        &s.same_cpu
+    }
     println!(
-        "\nmedian of {ROUNDS} interleaved runs of {SECONDS} s each; ratios to the bare veth, \
-         in brackets what the issue's hand-built minimal setup reached\n"
+        "\nmedian of {ROUNDS} interleaved runs of {SECONDS} s each; ratios to the bare veth; \
+         round trips with the server on the other CPU (the issue's method) and on the \
+         client's CPU\n"
     );
-    println!(
-        "| path | throughput | ratio | round trips/s (RTT) | ratio | target (round trips) | |"
-    );
+    println!("| path | throughput | ratio | round trips/s, other CPU (RTT) | ratio | same CPU (RTT) | ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (p, s) in paths.iter().zip(samples) {
-        let gbps = median(&s.gbps);
-        let rr = median(&s.round_trips);
-        let (tp_ratio, rr_ratio) = (gbps / anchor_gbps, rr / anchor_rr);
-        let (tp_ref, rr_ref, target, verdict) = match p.target {
-            None => (String::new(), String::new(), "-".to_string(), "anchor"),
-            Some(t) => (
-                format!(" ({:.2})", t.reference_throughput),
-                format!(" ({:.2})", t.reference_rr),
-                format!(">= {:.2}", t.rr_ratio),
-                if rr_ratio >= t.rr_ratio {
-                    "met"
-                } else {
-                    "**not met**"
-                },
-            ),
-        };
+    for p in paths {
+        let k = p.kind;
+        let (g, o, s) = (med(k, gbps), med(k, other), med(k, same));
         println!(
-            "| {} | {gbps:.1} Gbit/s | {tp_ratio:.2}{tp_ref} | {rr:.0} ({:.1} µs) | {rr_ratio:.2}{rr_ref} | {target} | {verdict} |",
-            p.name,
-            1e6 / rr,
+            "| {} | {g:.1} Gbit/s | {:.2} | {o:.0} ({:.1} µs) | {:.2} | {s:.0} ({:.1} µs) | {:.2} |",
+            k.name(),
+            g / med(Kind::Anchor, gbps),
+            1e6 / o,
+            o / med(Kind::Anchor, other),
+            1e6 / s,
+            s / med(Kind::Anchor, same),
         );
     }
-    // The issue's reference ratios were measured against a bare pair with a 56 µs round
-    // trip (DESIGN.md); pinned to one CPU the bare pair takes ~7 µs, so the same added
-    // cost per round trip is a much smaller ratio here. What a path adds per round trip
-    // (its own CPU work) compares across both methods.
+    let verdict = |ok: bool| if ok { "met" } else { "**not met**" };
     println!(
-        "\nadded time per round trip over the bare veth, and the same cost as a ratio at the \
-         reference's {REFERENCE_ANCHOR_RTT_US} µs anchor\n"
+        "\nthe issue's targets (round trips, server on the other CPU): podnet's ratio to the \
+         bare pair, and podnet within 5% of the hand-built path\n"
     );
-    println!("| path | added per round trip | hand-built (implied) | allowed by the target | ratio at the reference anchor | target | |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let anchor_rtt = 1e6 / anchor_rr;
-    for (p, s) in paths.iter().zip(samples) {
-        let Some(t) = p.target else { continue };
-        let added = 1e6 / median(&s.round_trips) - anchor_rtt;
-        let implied = |ratio: f64| REFERENCE_ANCHOR_RTT_US / ratio - REFERENCE_ANCHOR_RTT_US;
-        let allowed = implied(t.rr_ratio);
-        let at_reference = REFERENCE_ANCHOR_RTT_US / (REFERENCE_ANCHOR_RTT_US + added);
+    println!("| path | hand-built (issue's reference) | podnet | target | | podnet / hand-built | target | | same CPU: podnet / hand-built | throughput: hand-built (reference), podnet |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for path in Path::ALL {
+        let t = path.target();
+        let ratio = |k: Kind, f: fn(&Samples) -> &[f64]| med(k, f) / med(Kind::Anchor, f);
+        let (hand, ours) = (Kind::HandBuilt(path), Kind::Podnet(path));
+        let (h, o) = (ratio(hand, other), ratio(ours, other));
         println!(
-            "| {} | {added:.1} µs | {:.1} µs | {allowed:.1} µs | {at_reference:.2} | >= {:.2} | {} |",
-            p.name,
-            implied(t.reference_rr),
+            "| {} | {h:.2} ({:.2}) | {o:.2} | >= {:.2} | {} | {:.2} | >= 0.95 | {} | {:.2} | {:.2} ({:.2}), {:.2} |",
+            path.label(),
+            t.reference_rr,
             t.rr_ratio,
-            if added <= allowed { "met" } else { "**not met**" }
+            verdict(o >= t.rr_ratio),
+            o / h,
+            verdict(o / h >= 0.95),
+            med(ours, same) / med(hand, same),
+            ratio(hand, gbps),
+            t.reference_throughput,
+            ratio(ours, gbps),
         );
     }
-    // What podnet's rules cost: each path against itself with no rules, same run.
-    println!(
-        "\npodnet's rules: each path with them against the same path without them (agents \
-         paused, table deleted)\n"
-    );
-    println!(
-        "| path | round trips/s with rules | without | ratio | added per round trip | target | |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    // `main` lists the lab paths with rules, then the same three without.
-    let lab_paths = (paths.len() - 1) / 2;
-    for i in 1..=lab_paths {
-        let (p, j) = (&paths[i], i + lab_paths);
-        assert!(p.rules && !paths[j].rules && paths[j].server_ip == p.server_ip);
-        let (with, without) = (
-            median(&samples[i].round_trips),
-            median(&samples[j].round_trips),
-        );
-        let ratio = with / without;
-        println!(
-            "| {} | {with:.0} | {without:.0} | {ratio:.2} | {:.1} µs | >= 0.95 | {} |",
-            p.name,
-            1e6 / with - 1e6 / without,
-            if ratio >= 0.95 { "met" } else { "**not met**" }
-        );
-    }
-    println!("\nall runs (Gbit/s | round trips/s):");
+    println!("\nall runs (Gbit/s | round trips/s, other CPU | same CPU):");
     for (p, s) in paths.iter().zip(samples) {
         println!(
-            "  {:<22} {} | {}",
-            p.name,
+            "  {:<38} {} | {} | {}",
+            p.kind.name(),
             list(&s.gbps, 2),
-            list(&s.round_trips, 0)
+            list(&s.other_cpu, 0),
+            list(&s.same_cpu, 0)
         );
     }
     for note in busy_notes {
