@@ -84,7 +84,6 @@ fn main() {
         let mut proxy = ServiceProxy::new(&TableConfig {
             cluster_cidr: cidr,
             service_cidr: None,
-            bridge: "podnet0".into(),
             vxlan_port: None,
             local_pods: None,
         });

@@ -26,12 +26,10 @@ pub struct TableConfig {
     pub cluster_cidr: Ipv4Net,
     /// Its addresses that no Service has are refused at once.
     pub service_cidr: Option<Ipv4Net>,
-    /// The node bridge pods attach to.
-    pub bridge: String,
     /// With VXLAN, its UDP port: the tunnel's outer packets skip conntrack.
     pub vxlan_port: Option<u16>,
-    /// This node's pod CIDR, once known: its pods' traffic to other nodes' pods skips
-    /// conntrack.
+    /// This node's pod CIDR, once known: Service traffic between two of its pods is
+    /// masqueraded.
     pub local_pods: Option<Ipv4Net>,
 }
 
@@ -41,7 +39,6 @@ impl TableConfig {
         TableConfig {
             cluster_cidr: cluster_cidr.parse().expect("net"),
             service_cidr: None,
-            bridge: "podnet0".into(),
             vxlan_port: None,
             local_pods: None,
         }
@@ -125,15 +122,18 @@ pub const SETS: &[(&str, &str)] = &[
 /// Priorities are numbers (dstnat is -100): nft 1.0.6 knows the names only for some
 /// hooks.
 pub fn base(c: &TableConfig) -> String {
-    let (cluster_cidr, bridge) = (c.cluster_cidr, &c.bridge);
-    // What never needs conntrack, skipped before it (priority -300):
-    // - VXLAN's outer packets go from node to node and are never translated: tracking
-    //   them would add a second conntrack pass to every tunnelled packet, on both nodes.
-    // - A local pod's packets to a pod on another node: the only translation they could
-    //   need is undoing a DNAT made here, which replies to a ClusterIP client on this
-    //   node; such replies come from the other node, not from this bridge, and a pod's
-    //   own connections to a ClusterIP are addressed to the ClusterIP, not to a pod.
-    //   Traffic from other nodes to local pods stays tracked: it may be such a reply.
+    let cluster_cidr = c.cluster_cidr;
+    // VXLAN's outer packets go from node to node and are never translated: tracking them
+    // would add a second conntrack pass to every tunnelled packet, on both nodes, so
+    // they skip conntrack (priority -300 comes before it), at both ends.
+    //
+    // The pods' own packets stay tracked in both directions. Skipping conntrack for one
+    // direction only (say, a local pod's packets to other nodes' pods) saves nothing:
+    // the other node then sees every packet of the flow as the middle of a connection it
+    // never saw open, and conntrack takes that path as slowly as a normal one, marks each
+    // packet INVALID (which a host firewall with `ct state invalid drop` in forward would
+    // drop) and keeps unanswered entries for minutes. Skipping both directions would need
+    // to know, before conntrack, which arriving packets answer a DNAT made here.
     let mut prerouting = Vec::new();
     let mut output = Vec::new();
     if let Some(port) = c.vxlan_port {
@@ -141,11 +141,6 @@ pub fn base(c: &TableConfig) -> String {
         let rule = format!("udp dport {port} ip daddr @nodes notrack");
         prerouting.push(rule.clone());
         output.push(rule);
-    }
-    if let Some(local) = c.local_pods {
-        prerouting.push(format!(
-            "iifname \"{bridge}\" ip daddr {cluster_cidr} ip daddr != {local} notrack"
-        ));
     }
     let mut notrack = String::new();
     for (hook, rules) in [("prerouting", prerouting), ("output", output)] {
@@ -828,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn local_pods_to_other_nodes_pods_skip_conntrack_once_the_node_cidr_is_known() {
+    fn the_node_cidr_brings_same_node_masquerading_and_pods_stay_tracked() {
         let mut t = Tracked::new(base(&TableConfig::test("10.244.0.0/16")));
         t.committed();
         let mut c = TableConfig::test("10.244.0.0/16");
@@ -837,13 +832,14 @@ mod tests {
         let script = t.transaction().expect("a new base rewrites the table");
         assert!(script.starts_with("add table inet podnet\ndelete table inet podnet\n"));
         assert!(
-            script.contains("\tchain raw-prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tiifname \"podnet0\" ip daddr 10.244.0.0/16 ip daddr != 10.244.3.0/24 notrack\n\t}\n"),
+            script.contains(
+                "ip saddr 10.244.3.0/24 ip daddr 10.244.3.0/24 ct status dnat masquerade"
+            ),
             "{script}"
         );
-        assert!(
-            !script.contains("raw-output"),
-            "nothing to skip on output without vxlan"
-        );
+        // Pods' flows are tracked both ways: no notrack, no raw chain without vxlan.
+        assert!(!script.contains("notrack"), "{script}");
+        assert!(!script.contains("raw-"), "{script}");
         t.committed();
         t.set_base(base(&c));
         assert_eq!(t.transaction(), None, "the same base again changes nothing");

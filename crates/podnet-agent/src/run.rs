@@ -82,7 +82,6 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut proxy = ServiceProxy::new(&TableConfig {
         cluster_cidr: config.cluster_cidr,
         service_cidr: config.service_cidr,
-        bridge: config.bridge.clone(),
         vxlan_port: match config.backend {
             Backend::Vxlan { port, .. } => Some(port),
             Backend::HostGw => None,

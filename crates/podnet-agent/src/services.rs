@@ -317,7 +317,6 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
 /// decision made from scratch.)
 pub fn ruleset(
     cluster_cidr: Ipv4Net,
-    bridge: &str,
     node_ips: &[Ipv4Addr],
     me: &str,
     services: &[&Service],
@@ -326,7 +325,6 @@ pub fn ruleset(
     let mut proxy = ServiceProxy::new(&TableConfig {
         cluster_cidr,
         service_cidr: None,
-        bridge: bridge.to_string(),
         vxlan_port: None,
         local_pods: None,
     });
@@ -545,7 +543,6 @@ endpoints:
             .collect();
         ruleset(
             "10.244.0.0/16".parse().expect("net"),
-            "podnet0",
             &["172.18.0.11".parse().expect("ip")],
             me,
             &svcs,

@@ -102,17 +102,39 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
             );
         }
     }
+    let node = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_node-1", lab.name))
+        .expect("node-1's namespace");
+    let flows = |protocol| {
+        node.run(|| podnet_kernel::Conntrack::open().and_then(|mut c| c.flows(protocol)))
+            .expect("enter node-1")
+            .expect("list node-1's flows")
+    };
+    // Conntrack sees the pods' connections whole, as they were opened: an entry that
+    // starts at the server means one direction skipped conntrack, and then every packet
+    // of the other direction is INVALID to it.
+    let tcp = flows(podnet_kernel::conntrack::PROTO_TCP);
+    let (p1, p2) = (ips[0].as_str(), ips[1].as_str());
+    let is = |t: &podnet_kernel::conntrack::Tuple, src: &str, dst: &str, port: (u16, u16)| {
+        t.src.to_string() == src
+            && t.dst.to_string() == dst
+            && (port.0 == 0 || t.src_port == port.0)
+            && (port.1 == 0 || t.dst_port == port.1)
+    };
+    assert!(
+        tcp.iter().any(|f| is(&f.original, p1, p2, (0, 8080))),
+        "{backend}: node-1 tracks p1 -> p2:8080 as opened: {tcp:?}"
+    );
+    let halves: Vec<_> = tcp
+        .iter()
+        .filter(|f| is(&f.original, p2, p1, (8080, 0)))
+        .collect();
+    assert!(
+        halves.is_empty(),
+        "{backend}: node-1 tracks p1 -> p2:8080 from its middle (its replies only): {halves:?}"
+    );
     if backend == "vxlan" {
         // The tunnel's outer packets are not tracked (only the pods' flows inside are).
-        let node = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_node-1", lab.name))
-            .expect("node-1's namespace");
-        let flows = node
-            .run(|| {
-                podnet_kernel::Conntrack::open()
-                    .and_then(|mut c| c.flows(podnet_kernel::conntrack::PROTO_UDP))
-            })
-            .expect("enter node-1")
-            .expect("list node-1's UDP flows");
+        let flows = flows(podnet_kernel::conntrack::PROTO_UDP);
         assert!(
             !flows.iter().any(|f| f.original.dst_port == 4789),
             "VXLAN packets went through conntrack: {flows:?}"
