@@ -728,7 +728,7 @@ fn main() {
             .skip_while(|w| *w != "mtu")
             .nth(1)
             .unwrap_or("?");
-        let chains = stdout(&lab.exec("node/node-1", &["nft", "list", "chains", "inet", "podnet"]));
+        let chains = stdout(&lab.exec("node/node-1", &["nft", "list", "chains"]));
         let hooked: Vec<&str> = chains
             .lines()
             .filter(|l| l.contains("hook"))
