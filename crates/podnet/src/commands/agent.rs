@@ -123,11 +123,38 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })?;
         tracing::info!("health on http://{bound} (/healthz, /readyz, /metrics)");
     }
-    let mut config = AgentConfig {
+    // The source, and where the node's files go: the lab keeps them in its node
+    // directory; on Kubernetes they go where the flags say.
+    let (mut source, cni_dir, node_file, ipam_dir): (Box<dyn Source>, _, _, _) = match args.source {
+        SourceKind::Lab => {
+            let lab = args.lab.as_deref().unwrap_or_default();
+            let layout = Layout::new(lab).map_err(anyhow::Error::msg)?;
+            let dir = layout.node_dir(&args.node);
+            tracing::info!(lab, node = %args.node, "agent starting");
+            (
+                Box::new(LabSource::new(lab).map_err(anyhow::Error::msg)?),
+                layout.node_cni_dir(&args.node),
+                dir.join("node.json"),
+                dir.join("ipam"),
+            )
+        }
+        SourceKind::Kubernetes => {
+            tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
+            (
+                Box::new(
+                    KubeSource::connect(args.kubeconfig.as_deref()).map_err(anyhow::Error::msg)?,
+                ),
+                args.cni_conf_dir,
+                args.node_file,
+                args.ipam_dir,
+            )
+        }
+    };
+    let config = AgentConfig {
         node: args.node.clone(),
-        cni_dir: args.cni_conf_dir,
-        node_file: args.node_file,
-        ipam_dir: args.ipam_dir,
+        cni_dir,
+        node_file,
+        ipam_dir,
         bridge: args.bridge,
         backend,
         cluster_cidr: cluster_cidr.trunc(),
@@ -135,23 +162,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         mtu: c.mtu,
         bridge_netfilter: args.bridge_netfilter,
         health,
-    };
-    let mut source: Box<dyn Source> = match args.source {
-        SourceKind::Lab => {
-            let lab = args.lab.as_deref().unwrap_or_default();
-            let layout = Layout::new(lab).map_err(anyhow::Error::msg)?;
-            // In the lab, each node's files live in the lab's node directory.
-            let dir = layout.node_dir(&args.node);
-            config.cni_dir = layout.node_cni_dir(&args.node);
-            config.node_file = dir.join("node.json");
-            config.ipam_dir = dir.join("ipam");
-            tracing::info!(lab, node = %args.node, "agent starting");
-            Box::new(LabSource::new(lab).map_err(anyhow::Error::msg)?)
-        }
-        SourceKind::Kubernetes => {
-            tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
-            Box::new(KubeSource::connect(args.kubeconfig.as_deref()).map_err(anyhow::Error::msg)?)
-        }
     };
     podnet_agent::run(&config, source.as_mut())
         .with_context(|| format!("agent of node {}", args.node))
