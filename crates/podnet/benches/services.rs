@@ -143,7 +143,8 @@ fn one_change(lab: &Lab, i: usize, generation: usize) -> Duration {
          addressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\nendpoints: [{}]\n",
         eps.join(", ")
     );
-    let file = std::env::temp_dir().join(format!("{}-change.yaml", lab.name));
+    // In the lab's own directory, which `lab down` removes.
+    let file = lab.dir().join("change.yaml");
     std::fs::write(&file, yaml).expect("write");
     std::thread::sleep(Duration::from_millis(300));
     let start = now();
