@@ -12,10 +12,10 @@
 //!    vxlan`), with their agents running and podnet's routes and rules loaded.
 //!
 //! The targets are podnet within 5% of the hand-built setups. Its reference
-//! ratios were measured with the client and the server on different CPUs (the bare pair
-//! then took 56 µs a round trip); this bench measures that way (client on CPU 0, server
-//! on CPU 1), and also with both on CPU 0, where a round trip costs only the CPU time
-//! of the path (7 to 8 µs for the bare pair) and every extra hook shows.
+//! ratios came with a bare pair taking 56 µs a round trip, far above the 7 to 8 µs of
+//! one CPU, so a wakeup across CPUs was in them: this bench measures that way (client
+//! on CPU 0, server on CPU 1), and also with both on CPU 0, where a round trip costs
+//! only the CPU time of the path and every extra hook shows.
 //!
 //! Every path is warmed up first; the paths are then measured in `ROUNDS` interleaved
 //! rounds (each round starting at a different path) and the median is reported, so that
