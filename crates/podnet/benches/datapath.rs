@@ -35,7 +35,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{stdout, Lab};
-use podnet_kernel::NetNs;
+use podnet_kernel::{sysctl, NetNs};
 use podnet_testkit::{in_netns, Fixture};
 use serde_json::Value;
 
@@ -213,14 +213,8 @@ fn build() -> Built {
     let a = fx.netns("a");
     let b = fx.netns("b");
     veth(&a, "veth-a", &b, "veth-b", 1500);
-    for (ns, dev, addr) in [
-        (&a, "veth-a", VETH_CLIENT.to_string()),
-        (&b, "veth-b", format!("{VETH_SERVER}/24")),
-    ] {
-        run_in(ns, &["ip", "link", "set", "lo", "up"]);
-        run_in(ns, &["ip", "addr", "add", &addr, "dev", dev]);
-        run_in(ns, &["ip", "link", "set", dev, "up"]);
-    }
+    address(&a, "veth-a", VETH_CLIENT);
+    address(&b, "veth-b", &format!("{VETH_SERVER}/24"));
     servers_.extend(servers(&b));
     clients.push((Kind::Anchor, a, VETH_SERVER.to_string()));
     namespaces.push(b);
@@ -229,7 +223,7 @@ fn build() -> Built {
     let sw = fx.netns("sw");
     run_in(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
     run_in(&sw, &["ip", "link", "set", "br0", "up"]);
-    quiet_bridge(&sw);
+    node_sysctls(&sw, false);
 
     // host-gw: node hg-1 (10.244.1.0/24) and hg-2 (10.244.2.0/24).
     let hg1 = node(&mut fx, &sw, "hg-1", "192.0.2.11", "10.244.1.1");
@@ -355,17 +349,24 @@ fn veth(a: &NetNs, a_dev: &str, b: &NetNs, b_dev: &str, mtu: u32) {
     );
 }
 
-/// Bridges in these namespaces only switch frames: no IP hooks (as podnet sets it).
-fn quiet_bridge(ns: &NetNs) {
-    for table in ["iptables", "ip6tables", "arptables"] {
-        run_in(
-            ns,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.bridge.bridge-nf-call-{table}=0"),
-            ],
-        );
+/// Brings up `lo` and `dev` in `ns`, with `cidr` on `dev`.
+fn address(ns: &NetNs, dev: &str, cidr: &str) {
+    run_in(ns, &["ip", "link", "set", "lo", "up"]);
+    run_in(ns, &["ip", "addr", "add", cidr, "dev", dev]);
+    run_in(ns, &["ip", "link", "set", dev, "up"]);
+}
+
+/// Sets sysctls inside `ns`: bridges there only switch frames, with no IP hooks (as
+/// podnet sets it in a node), and `forward` turns IPv4 forwarding on.
+fn node_sysctls(ns: &NetNs, forward: bool) {
+    let mut settings: Vec<(&str, &str)> = sysctl::BRIDGE_NF_CALL.map(|k| (k, "0")).to_vec();
+    if forward {
+        settings.push(("net.ipv4.ip_forward", "1"));
+    }
+    for (key, value) in settings {
+        ns.run(|| sysctl::set(key, value))
+            .and_then(|set| set)
+            .unwrap_or_else(|e| panic!("set {key}={value} in {}: {e}", ns.path().display()));
     }
 }
 
@@ -376,21 +377,8 @@ fn node(fx: &mut Fixture, sw: &NetNs, name: &str, underlay: &str, gateway: &str)
     let port = format!("s-{name}");
     veth(sw, &port, &ns, "eth0", 1500);
     run_in(sw, &["ip", "link", "set", &port, "master", "br0", "up"]);
-    run_in(&ns, &["ip", "link", "set", "lo", "up"]);
-    run_in(
-        &ns,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{underlay}/24"),
-            "dev",
-            "eth0",
-        ],
-    );
-    run_in(&ns, &["ip", "link", "set", "eth0", "up"]);
-    run_in(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    quiet_bridge(&ns);
+    address(&ns, "eth0", &format!("{underlay}/24"));
+    node_sysctls(&ns, true);
     run_in(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
     run_in(
         &ns,
@@ -408,12 +396,7 @@ fn pod(fx: &mut Fixture, node: &NetNs, name: &str, ip: &str, mtu: u32) -> NetNs 
     run_in(node, &["ip", "link", "set", &host, "master", "cni0", "up"]);
     let gateway = ip.rsplit_once('.').map(|(net, _)| format!("{net}.1"));
     let gateway = gateway.expect("an IPv4 address");
-    run_in(&ns, &["ip", "link", "set", "lo", "up"]);
-    run_in(
-        &ns,
-        &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-    );
-    run_in(&ns, &["ip", "link", "set", "eth0", "up"]);
+    address(&ns, "eth0", &format!("{ip}/24"));
     run_in(&ns, &["ip", "route", "add", "default", "via", &gateway]);
     ns
 }

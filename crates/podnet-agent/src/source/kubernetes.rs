@@ -294,13 +294,9 @@ async fn forward<K>(
 
 impl Source for KubeSource {
     fn wait(&mut self, timeout: Duration) -> Result<bool, SourceError> {
-        let Some(rx) = self.events.take() else {
-            return Err(SourceError("the Kubernetes watchers stopped".into()));
-        };
-        let changed = receive(&rx, timeout, |msg| Ok(self.handle(msg)))?;
-        let Some(changed) = changed else {
-            return Err(SourceError("the Kubernetes watchers stopped".into()));
-        };
+        let stopped = || SourceError("the Kubernetes watchers stopped".into());
+        let rx = self.events.take().ok_or_else(stopped)?;
+        let changed = receive(&rx, timeout, |msg| Ok(self.handle(msg)))?.ok_or_else(stopped)?;
         self.events = Some(rx);
         if !self.synced() {
             let why = self
