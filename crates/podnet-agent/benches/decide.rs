@@ -85,6 +85,7 @@ fn main() {
             cluster_cidr: cidr,
             service_cidr: None,
             vxlan_port: None,
+            underlay: None,
             local_pods: None,
         });
         proxy.set_nodes(&nodes);

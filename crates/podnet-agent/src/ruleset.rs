@@ -28,6 +28,9 @@ pub struct TableConfig {
     pub service_cidr: Option<Ipv4Net>,
     /// With VXLAN, its UDP port: the tunnel's outer packets skip conntrack.
     pub vxlan_port: Option<u16>,
+    /// The device the node's underlay address is on, once known: with VXLAN, arriving
+    /// outer packets are picked out at its ingress.
+    pub underlay: Option<String>,
     /// This node's pod CIDR, once known: Service traffic between two of its pods is
     /// masqueraded.
     pub local_pods: Option<Ipv4Net>,
@@ -40,6 +43,7 @@ impl TableConfig {
             cluster_cidr: cluster_cidr.parse().expect("net"),
             service_cidr: None,
             vxlan_port: None,
+            underlay: None,
             local_pods: None,
         }
     }
@@ -125,7 +129,10 @@ pub fn base(c: &TableConfig) -> String {
     let cluster_cidr = c.cluster_cidr;
     // VXLAN's outer packets go from node to node and are never translated: tracking them
     // would add a second conntrack pass to every tunnelled packet, on both nodes, so
-    // they skip conntrack (priority -300 comes before it), at both ends.
+    // they skip conntrack (priority -300 comes before it), at both ends. Arriving ones
+    // are picked out at the underlay device's ingress, not in prerouting: a prerouting
+    // chain would be one more call for every packet the node forwards, the pods' own
+    // included, where the ingress chain sees only what arrives from the underlay.
     //
     // The pods' own packets stay tracked in both directions. Skipping conntrack for one
     // direction only (say, a local pod's packets to other nodes' pods) saves nothing:
@@ -134,27 +141,22 @@ pub fn base(c: &TableConfig) -> String {
     // packet INVALID (which a host firewall with `ct state invalid drop` in forward would
     // drop) and keeps unanswered entries for minutes. Skipping both directions would need
     // to know, before conntrack, which arriving packets answer a DNAT made here.
-    let mut prerouting = Vec::new();
-    let mut output = Vec::new();
-    if let Some(port) = c.vxlan_port {
-        // The port first: most packets are not UDP, and that needs no set lookup.
-        let rule = format!("udp dport {port} ip daddr @nodes notrack");
-        prerouting.push(rule.clone());
-        output.push(rule);
-    }
     let mut notrack = String::new();
-    for (hook, rules) in [("prerouting", prerouting), ("output", output)] {
-        if rules.is_empty() {
-            continue;
+    if let Some(port) = c.vxlan_port {
+        let mut hooks = vec![("output", "output".to_string())];
+        if let Some(dev) = &c.underlay {
+            hooks.insert(0, ("ingress", format!("ingress device \"{dev}\"")));
         }
-        let _ = writeln!(
-            notrack,
-            "\tchain raw-{hook} {{\n\t\ttype filter hook {hook} priority -300; policy accept;"
-        );
-        for r in rules {
-            let _ = writeln!(notrack, "\t\t{r}");
+        for (name, hook) in hooks {
+            // The port first: most packets are not UDP, and that needs no set lookup.
+            let _ = write!(
+                notrack,
+                "\tchain raw-{name} {{\n\
+                 \t\ttype filter hook {hook} priority -300; policy accept;\n\
+                 \t\tudp dport {port} ip daddr @nodes notrack\n\
+                 \t}}\n"
+            );
         }
-        notrack.push_str("\t}\n");
     }
     // An address of the service CIDR that no Service has is refused at once, as a port a
     // ClusterIP does not serve is.
@@ -818,8 +820,14 @@ mod tests {
         assert!(!base(&c).contains("notrack"));
         c.vxlan_port = Some(8472);
         let b = base(&c);
-        assert!(b.contains("type filter hook prerouting priority -300; policy accept;\n\t\tudp dport 8472 ip daddr @nodes notrack"), "{b}");
         assert!(b.contains("type filter hook output priority -300; policy accept;\n\t\tudp dport 8472 ip daddr @nodes notrack"), "{b}");
+        // Arriving ones at the underlay's ingress once it is known, never in prerouting,
+        // which every forwarded packet passes.
+        assert!(!b.contains("hook ingress"), "{b}");
+        c.underlay = Some("eth0".into());
+        let b = base(&c);
+        assert!(b.contains("type filter hook ingress device \"eth0\" priority -300; policy accept;\n\t\tudp dport 8472 ip daddr @nodes notrack"), "{b}");
+        assert!(!b.contains("prerouting priority -300"), "{b}");
     }
 
     #[test]

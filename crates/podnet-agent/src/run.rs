@@ -86,6 +86,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             Backend::Vxlan { port, .. } => Some(port),
             Backend::HostGw => None,
         },
+        underlay: None,
         local_pods: None,
     });
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
@@ -187,6 +188,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 continue;
             }
         };
+        proxy.set_underlay(&underlay.device);
         let mut desired = plan::plan(&me, &peers, config.backend, &underlay);
         let mtu = plan::with_mtu(&mut desired, config.mtu);
         if let Err(why) = &mtu {

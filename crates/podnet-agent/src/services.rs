@@ -326,6 +326,7 @@ pub fn ruleset(
         cluster_cidr,
         service_cidr: None,
         vxlan_port: None,
+        underlay: None,
         local_pods: None,
     });
     proxy.set_nodes(node_ips);
@@ -383,6 +384,15 @@ impl ServiceProxy {
     pub fn set_local_pods(&mut self, cidr: Ipv4Net) {
         if self.config.local_pods != Some(cidr) {
             self.config.local_pods = Some(cidr);
+            self.table.set_base(ruleset::base(&self.config));
+        }
+    }
+
+    /// The device of this node's underlay address (see [`TableConfig::underlay`]); a
+    /// change rewrites the table.
+    pub fn set_underlay(&mut self, device: &str) {
+        if self.config.underlay.as_deref() != Some(device) {
+            self.config.underlay = Some(device.to_string());
             self.table.set_base(ruleset::base(&self.config));
         }
     }

@@ -43,3 +43,23 @@ pub fn get(key: &str) -> io::Result<String> {
         .map(|s| s.trim().to_string())
         .map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}: {e}")))
 }
+
+/// The entries of `net.ipv4.conf` (`all`, `default` and each device) whose
+/// `rp_filter` is 1, strict reverse-path checking, sorted.
+pub fn strict_rp_filter() -> io::Result<Vec<String>> {
+    let conf = path("net.ipv4.conf");
+    let mut strict = Vec::new();
+    for entry in fs::read_dir(&conf)? {
+        let entry = entry?;
+        let file = entry.path().join("rp_filter");
+        // A device removed since the listing has no file any more.
+        let Ok(value) = fs::read_to_string(&file) else {
+            continue;
+        };
+        if value.trim() == "1" {
+            strict.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    strict.sort();
+    Ok(strict)
+}

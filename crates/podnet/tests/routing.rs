@@ -243,6 +243,16 @@ fn agent_restart_and_drift(backend: &str) {
         .filter_map(|n| lab.agent_pid(n))
         .collect();
     assert_eq!(before.len(), 2, "both agents run");
+    // The restarted agent finds strict reverse-path checking on node-1's underlay and
+    // makes it loose, or node-1 could not reach pods on node-2 over VXLAN (the replies
+    // come back over the underlay).
+    let strict = [
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.eth0.rp_filter=1",
+    ];
+    assert!(lab.exec("node/node-1", &strict).status.success());
     for pid in &before {
         Command::new("kill")
             .args(["-9", pid])
@@ -266,6 +276,17 @@ fn agent_restart_and_drift(backend: &str) {
         "{backend}: the transfer broke while the agents restarted: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    let ping = ["ping", "-c", "1", "-W", "2", srv.as_str()];
+    assert!(
+        lab.exec("node/node-1", &ping).status.success(),
+        "{backend}: node-1, with strict reverse-path checking on eth0, does not reach srv"
+    );
+    let log = std::fs::read_to_string(lab.dir().join("nodes/node-1/agent.log")).expect("agent log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("strict reverse-path checking on") && l.contains("eth0")),
+        "{backend}: the agent did not say it loosened reverse-path checking:\n{log}"
     );
 
     // A route deleted by hand comes back.
