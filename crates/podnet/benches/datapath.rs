@@ -1,5 +1,5 @@
-//! The datapath: TCP throughput (iperf3, one stream) and request/response rate (sockperf
-//! TCP ping-pong, 64-byte messages, one message in flight) over seven paths measured in
+//! The datapath: TCP throughput (iperf3, one stream) and request/response rate (a
+//! TCP_RR-style exchange: one byte each way, one in flight) over nine paths measured in
 //! one run, each reported as a ratio to the first:
 //!
 //! 1. a bare veth pair between two namespaces this bench makes (the anchor: what this
@@ -8,7 +8,11 @@
 //!    and no rules at all: two pods on one node's bridge; pods on two nodes routed over
 //!    their underlay (host-gw); and the same through a VXLAN device per node (pod MTU
 //!    1450). The nodes hang off a switch namespace, as the lab's do;
-//! 5. to 7. the same three paths in real labs (`--backend host-gw` and `--backend
+//! 5. and 6. the host-gw and VXLAN setups again, each node with a nat chain in
+//!    prerouting and one masquerading rule in postrouting: what any node pays that
+//!    translates Services and masquerades with conntrack (its lookup and the NAT hooks
+//!    on every packet), the floor for podnet's design;
+//! 7. to 9. the same three paths in real labs (`--backend host-gw` and `--backend
 //!    vxlan`), with their agents running and podnet's routes and rules loaded.
 //!
 //! The issue's targets are podnet within 5% of the hand-built setups. Its reference
@@ -17,10 +21,15 @@
 //! on CPU 0, server on CPU 1), and also with both on CPU 0, where a round trip costs
 //! only the CPU time of the path and every extra hook shows.
 //!
-//! Every path is warmed up first; the paths are then measured in `ROUNDS` interleaved
-//! rounds (each round starting at a different path) and the median is reported, so that
-//! a burst of unrelated load on this small machine hits every path alike. Run as root:
-//! `cargo bench -p podnet --bench datapath`.
+//! This VM's speed drifts by 10-20% over seconds, more than the 5% the targets ask to
+//! resolve, so every measurement is interleaved and every ratio paired:
+//! - throughput: `ROUNDS` rounds, each running iperf3 on every path once (each round
+//!   starting at the other end), ratios the median of each round's own ratio;
+//! - round trips: the bench's own client holds one connection per path (a socket made
+//!   in each client namespace) and times `RR_BLOCK` exchanges on each in turn, `RR_ROUNDS`
+//!   times, so a path and the one it is compared with are measured milliseconds apart.
+//!
+//! Run as root: `cargo bench -p podnet --bench datapath`.
 //!
 //! Nothing runs in the machine's own network namespace: servers and clients run in the
 //! bench's namespaces or in lab pods, and everything is removed on success and on panic
@@ -30,7 +39,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,23 +51,24 @@ use podnet_kernel::{sysctl, NetNs};
 use podnet_testkit::{in_netns, Fixture};
 use serde_json::Value;
 
-/// Measured seconds per run (iperf3 `-t`, sockperf `-t`).
+/// Measured seconds per iperf3 run.
 const SECONDS: &str = "2";
-/// Rounds, each measuring every path once; medians are reported.
+/// Throughput rounds, each measuring every path once; medians are reported.
 const ROUNDS: usize = 15;
+/// Round trips timed on one path before moving to the next (5 to 10 ms).
+const RR_BLOCK: u32 = 256;
+/// Rounds of round trips, each timing one block on every path, per server placement.
+const RR_ROUNDS: usize = 400;
 /// Bare veth addresses: a TEST-NET-1 pair, never routed anywhere.
 const VETH_CLIENT: &str = "192.0.2.1/24";
 const VETH_SERVER: &str = "192.0.2.2";
 
-/// sockperf clients run on CPU 0. Left to the scheduler, a client and its server land
-/// on one CPU or on two from run to run, and on this VM a wakeup across CPUs costs more
-/// than the whole bare-veth path, so unpinned runs flip between two results. Pinned,
-/// each placement repeats within a few percent; every server runs twice, once per CPU.
-const CLIENT_CPU: &str = "0";
-/// Where the sockperf server on the client's CPU listens, and the one on the other CPU.
-const PORT_SAME_CPU: &str = "11111";
-const PORT_OTHER_CPU: &str = "11112";
-const SOCKPERF_SERVERS: [(&str, &str); 2] = [(PORT_SAME_CPU, "0"), (PORT_OTHER_CPU, "1")];
+/// The round-trip client runs on CPU 0, its servers on CPU 1 (the issue's placement)
+/// or on CPU 0. Left to the scheduler, a client and its server land on one CPU or on two
+/// from run to run, and on this VM a wakeup across CPUs costs more than the whole
+/// bare-veth path, so unpinned runs flip between two results.
+const CLIENT_CPU: usize = 0;
+const OTHER_CPU: usize = 1;
 
 /// The three paths a pod network provides, each measured hand-built and with podnet.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -104,6 +117,8 @@ struct Target {
 enum Kind {
     Anchor,
     HandBuilt(Path),
+    /// The hand-built setup with what any NAT costs: [`NAT_FLOOR`] in each node.
+    HandBuiltNat(Path),
     Podnet(Path),
 }
 
@@ -112,6 +127,7 @@ impl Kind {
         match self {
             Kind::Anchor => "bare veth (anchor)".into(),
             Kind::HandBuilt(p) => format!("hand-built: {}", p.label()),
+            Kind::HandBuiltNat(p) => format!("hand-built + NAT: {}", p.label()),
             Kind::Podnet(p) => format!("podnet: {}", p.label()),
         }
     }
@@ -120,17 +136,21 @@ impl Kind {
 /// Runs a command (argv) at a path's client end.
 type Client<'a> = Box<dyn Fn(&[&str]) -> Output + 'a>;
 
-/// One path: how to run a client command at its near end, and its server's address.
+/// One path: how to run a client command at its near end, its server's address, and
+/// both ends' namespaces (where the round-trip sockets are made).
 struct Datapath<'a> {
     kind: Kind,
     server_ip: String,
     client: Client<'a>,
+    client_ns: NetNs,
+    server_ns: NetNs,
 }
 
 #[derive(Default)]
 struct Samples {
     gbps: Vec<f64>,
-    /// Round trips per second, the server on the other CPU / on the client's CPU.
+    /// Round trips per second, one per round, the server on the other CPU / on the
+    /// client's CPU.
     other_cpu: Vec<f64>,
     same_cpu: Vec<f64>,
 }
@@ -149,22 +169,25 @@ impl Drop for Server {
 /// before their namespaces.
 struct Built {
     _servers: Vec<Server>,
-    /// Client namespaces by path (the anchor's, or the hand-built ones).
-    clients: Vec<(Kind, NetNs, String)>,
+    /// By path (the anchor's, or the hand-built ones): the client's namespace, the
+    /// server's address and its namespace.
+    clients: Vec<(Kind, NetNs, String, PathBuf)>,
     _namespaces: Vec<NetNs>,
     _fx: Fixture,
 }
 
 impl Built {
     fn path(&self, kind: Kind) -> Datapath<'_> {
-        let (_, ns, server_ip) = self
+        let (_, ns, server_ip, server_ns) = self
             .clients
             .iter()
-            .find(|(k, _, _)| *k == kind)
+            .find(|(k, _, _, _)| *k == kind)
             .expect("a path the bench built");
         Datapath {
             kind,
             server_ip: server_ip.clone(),
+            client_ns: reopen(ns.path()),
+            server_ns: reopen(server_ns),
             client: Box::new(move |cmd| {
                 let mut c = Command::new(cmd[0]);
                 c.args(&cmd[1..]);
@@ -176,48 +199,44 @@ impl Built {
     }
 }
 
-/// The servers every path's far end runs: iperf3 and one sockperf per CPU.
-fn servers(ns: &NetNs) -> Vec<Server> {
-    let mut v = vec![spawn_in(ns, &["iperf3", "-s"])];
-    for (port, cpu) in SOCKPERF_SERVERS {
-        v.push(spawn_in(ns, &sockperf_server(port, cpu)));
-    }
-    v
-}
-
-fn sockperf_server<'a>(port: &'a str, cpu: &'a str) -> [&'a str; 10] {
-    [
-        "taskset", "-c", cpu, "sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", port,
-    ]
+fn reopen(path: &std::path::Path) -> NetNs {
+    NetNs::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------
 // The paths built by hand
 
-/// Path 1 and the hand-built paths 2 to 4.
+/// What any node with a Service proxy and masquerading built on conntrack has: a nat
+/// chain in prerouting (where Services are translated; empty here) and one masquerading
+/// what leaves the pod network (a rule that needs conntrack: a nat chain alone does not
+/// turn it on).
+const NAT_FLOOR: &str = "add table ip nat
+add chain ip nat prerouting { type nat hook prerouting priority -100; }
+add chain ip nat postrouting { type nat hook postrouting priority 100; }
+add rule ip nat postrouting ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade";
+
+/// Path 1 and the hand-built paths.
 ///
 /// ```text
 ///   anchor:   client ==veth== server
 ///   host-gw:  hg-1 [cni0]--eth0 ==\            /== eth0--[cni0] hg-2  (pods: hg-c, hg-s, hg-n)
 ///   vxlan:    vx-1 [cni0]--eth0 ===[switch br0]=== eth0--[cni0] vx-2  (pods: vx-c, vx-s)
+///   + NAT:    hn-1, hn-2 and vn-1, vn-2: the same, each node with `NAT_FLOOR`
 /// ```
 /// Node addresses are TEST-NET-1 and pods use 10.244.0.0/16, all inside these
 /// namespaces only.
 fn build() -> Built {
     let mut fx = Fixture::new("bench");
-    let mut namespaces = Vec::new();
-    let mut servers_ = Vec::new();
-    let mut clients = Vec::new();
+    let mut b = Building::default();
 
     // The anchor: one veth pair, MTU 1500 like the lab's underlay.
-    let a = fx.netns("a");
-    let b = fx.netns("b");
-    veth(&a, "veth-a", &b, "veth-b", 1500);
-    address(&a, "veth-a", VETH_CLIENT);
-    address(&b, "veth-b", &format!("{VETH_SERVER}/24"));
-    servers_.extend(servers(&b));
-    clients.push((Kind::Anchor, a, VETH_SERVER.to_string()));
-    namespaces.push(b);
+    let client = fx.netns("a");
+    let server = fx.netns("b");
+    veth(&client, "veth-a", &server, "veth-b", 1500);
+    address(&client, "veth-a", VETH_CLIENT);
+    address(&server, "veth-b", &format!("{VETH_SERVER}/24"));
+    b.path(Kind::Anchor, client, &server, VETH_SERVER);
+    b.keep(server);
 
     // The underlay: one switch, as in the lab (`--underlay l2`).
     let sw = fx.netns("sw");
@@ -225,65 +244,133 @@ fn build() -> Built {
     run_in(&sw, &["ip", "link", "set", "br0", "up"]);
     node_sysctls(&sw, false);
 
-    // host-gw: node hg-1 (10.244.1.0/24) and hg-2 (10.244.2.0/24).
-    let hg1 = node(&mut fx, &sw, "hg-1", "192.0.2.11", "10.244.1.1");
-    let hg2 = node(&mut fx, &sw, "hg-2", "192.0.2.12", "10.244.2.1");
-    run_in(
-        &hg1,
-        &["ip", "route", "add", "10.244.2.0/24", "via", "192.0.2.12"],
-    );
-    run_in(
-        &hg2,
-        &["ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.11"],
-    );
-    let hg_server = pod(&mut fx, &hg2, "hg-s", "10.244.2.2", 1500);
-    let hg_near = pod(&mut fx, &hg2, "hg-n", "10.244.2.3", 1500);
-    let hg_far = pod(&mut fx, &hg1, "hg-c", "10.244.1.2", 1500);
-    servers_.extend(servers(&hg_server));
-    clients.push((
-        Kind::HandBuilt(Path::SameNode),
-        hg_near,
-        "10.244.2.2".into(),
-    ));
-    clients.push((Kind::HandBuilt(Path::HostGw), hg_far, "10.244.2.2".into()));
-
-    // vxlan: node vx-1 (10.244.3.0/24) and vx-2 (10.244.4.0/24), VNI 1, port 4789, no
-    // learning; per peer a permanent neighbour, an FDB entry and an on-link route, as
-    // podnet's agent programs them.
-    let vx1 = node(&mut fx, &sw, "vx-1", "192.0.2.13", "10.244.3.1");
-    let vx2 = node(&mut fx, &sw, "vx-2", "192.0.2.14", "10.244.4.1");
-    let vteps = [
-        (&vx1, "192.0.2.13", "10.244.3.0", "02:00:c0:00:02:0d"),
-        (&vx2, "192.0.2.14", "10.244.4.0", "02:00:c0:00:02:0e"),
-    ];
-    for (ns, _, vtep_ip, mac) in vteps {
-        run_in(
-            ns,
-            &[
-                "ip",
-                "link",
-                "add",
-                "vxlan0",
-                "address",
-                mac,
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "dstport",
-                "4789",
-                "nolearning",
-                "dev",
-                "eth0",
-            ],
+    for (prefix, first, nat) in [
+        ("hg", 1, false),
+        ("vx", 3, false),
+        ("hn", 5, true),
+        ("vn", 7, true),
+    ] {
+        let vxlan = prefix.starts_with('v');
+        // Node n: underlay 192.0.2.1n, pods 10.244.n.0/24.
+        let nodes = [first, first + 1].map(|n| {
+            let ns = node(&mut fx, &sw, &format!("{prefix}-{}", n - first + 1), n);
+            if nat {
+                run_in(&ns, &["nft", NAT_FLOOR]);
+            }
+            ns
+        });
+        if vxlan {
+            vxlan_peers(&nodes, [first, first + 1]);
+        } else {
+            for (me, peer) in [(0, 1), (1, 0)] {
+                let (via, cidr) = (underlay_ip(first + peer), pod_cidr(first + peer));
+                run_in(&nodes[me], &["ip", "route", "add", &cidr, "via", &via]);
+            }
+        }
+        let mtu = if vxlan { 1450 } else { 1500 };
+        let server_ip = pod_ip(first + 1, 2);
+        let server = pod(&mut fx, &nodes[1], &format!("{prefix}-s"), &server_ip, mtu);
+        let far = pod(
+            &mut fx,
+            &nodes[0],
+            &format!("{prefix}-c"),
+            &pod_ip(first, 2),
+            mtu,
         );
+        let path = if vxlan { Path::Vxlan } else { Path::HostGw };
+        let kind = |p| {
+            if nat {
+                Kind::HandBuiltNat(p)
+            } else {
+                Kind::HandBuilt(p)
+            }
+        };
+        if !vxlan && !nat {
+            let near = pod(
+                &mut fx,
+                &nodes[1],
+                &format!("{prefix}-n"),
+                &pod_ip(first + 1, 3),
+                mtu,
+            );
+            b.path(kind(Path::SameNode), near, &server, &server_ip);
+        }
+        b.path(kind(path), far, &server, &server_ip);
+        b.keep(server);
+        for n in nodes {
+            b.keep(n);
+        }
+    }
+    b.keep(sw);
+    Built {
+        _servers: b.servers,
+        clients: b.clients,
+        _namespaces: b.namespaces,
+        _fx: fx,
+    }
+}
+
+/// The parts of [`Built`] while they are made.
+#[derive(Default)]
+struct Building {
+    servers: Vec<Server>,
+    clients: Vec<(Kind, NetNs, String, PathBuf)>,
+    namespaces: Vec<NetNs>,
+}
+
+impl Building {
+    /// A path from `client` to iperf3's server, started here, in `server`.
+    fn path(&mut self, kind: Kind, client: NetNs, server: &NetNs, server_ip: &str) {
+        if !self.clients.iter().any(|c| c.3 == server.path()) {
+            self.servers.push(spawn_in(server, &["iperf3", "-s"]));
+        }
+        let server_path = server.path().to_path_buf();
+        self.clients
+            .push((kind, client, server_ip.to_string(), server_path));
+    }
+
+    fn keep(&mut self, ns: NetNs) {
+        self.namespaces.push(ns);
+    }
+}
+
+fn underlay_ip(node: u8) -> String {
+    format!("192.0.2.{}", 10 + node)
+}
+
+fn pod_cidr(node: u8) -> String {
+    format!("10.244.{node}.0/24")
+}
+
+fn pod_ip(node: u8, host: u8) -> String {
+    format!("10.244.{node}.{host}")
+}
+
+/// One VXLAN device per node (VNI 1, port 4789, no learning) and, per peer, a permanent
+/// neighbour, an FDB entry and an on-link route, as podnet's agent programs them.
+fn vxlan_peers(nodes: &[NetNs; 2], numbers: [u8; 2]) {
+    let mac = |n: u8| format!("02:00:c0:00:02:{:02x}", 10 + n);
+    let vtep = |n: u8| format!("10.244.{n}.0");
+    for (ns, n) in nodes.iter().zip(numbers) {
+        let argv = [
+            "ip",
+            "link",
+            "add",
+            "vxlan0",
+            "address",
+            &mac(n),
+            "type",
+            "vxlan",
+        ];
+        let options = ["id", "1", "dstport", "4789", "nolearning", "dev", "eth0"];
+        run_in(ns, &[&argv[..], &options[..]].concat());
         run_in(
             ns,
             &[
                 "ip",
                 "addr",
                 "add",
-                &format!("{vtep_ip}/32"),
+                &format!("{}/32", vtep(n)),
                 "dev",
                 "vxlan0",
             ],
@@ -291,48 +378,39 @@ fn build() -> Built {
         run_in(ns, &["ip", "link", "set", "vxlan0", "up"]);
     }
     for (me, peer) in [(0, 1), (1, 0)] {
-        let (ns, _, _, _) = vteps[me];
-        let (_, underlay, vtep_ip, mac) = vteps[peer];
-        let cidr = format!("{vtep_ip}/24");
+        let (ns, p) = (&nodes[me], numbers[peer]);
+        let (mac, vtep, underlay) = (mac(p), vtep(p), underlay_ip(p));
+        let neigh = [
+            "ip",
+            "neigh",
+            "add",
+            &vtep,
+            "lladdr",
+            &mac,
+            "dev",
+            "vxlan0",
+            "nud",
+            "permanent",
+        ];
+        run_in(ns, &neigh);
         run_in(
             ns,
             &[
-                "ip",
-                "neigh",
-                "add",
-                vtep_ip,
-                "lladdr",
-                mac,
-                "dev",
-                "vxlan0",
-                "nud",
-                "permanent",
+                "bridge", "fdb", "append", &mac, "dev", "vxlan0", "dst", &underlay,
             ],
         );
-        run_in(
-            ns,
-            &[
-                "bridge", "fdb", "append", mac, "dev", "vxlan0", "dst", underlay,
-            ],
-        );
-        run_in(
-            ns,
-            &[
-                "ip", "route", "add", &cidr, "via", vtep_ip, "dev", "vxlan0", "onlink",
-            ],
-        );
-    }
-    let vx_server = pod(&mut fx, &vx2, "vx-s", "10.244.4.2", 1450);
-    let vx_far = pod(&mut fx, &vx1, "vx-c", "10.244.3.2", 1450);
-    servers_.extend(servers(&vx_server));
-    clients.push((Kind::HandBuilt(Path::Vxlan), vx_far, "10.244.4.2".into()));
-
-    namespaces.extend([sw, hg1, hg2, hg_server, vx1, vx2, vx_server]);
-    Built {
-        _servers: servers_,
-        clients,
-        _namespaces: namespaces,
-        _fx: fx,
+        let route = [
+            "ip",
+            "route",
+            "add",
+            &pod_cidr(p),
+            "via",
+            &vtep,
+            "dev",
+            "vxlan0",
+            "onlink",
+        ];
+        run_in(ns, &route);
     }
 }
 
@@ -370,20 +448,18 @@ fn node_sysctls(ns: &NetNs, forward: bool) {
     }
 }
 
-/// A node: plugged into the switch as eth0 with `underlay`/24, forwarding, and a `cni0`
-/// bridge holding the gateway address of its pods' /24.
-fn node(fx: &mut Fixture, sw: &NetNs, name: &str, underlay: &str, gateway: &str) -> NetNs {
+/// Node `n`: plugged into the switch as eth0 with its underlay address, forwarding, and
+/// a `cni0` bridge holding the gateway address (.1) of its pods' /24.
+fn node(fx: &mut Fixture, sw: &NetNs, name: &str, n: u8) -> NetNs {
     let ns = fx.netns(name);
     let port = format!("s-{name}");
     veth(sw, &port, &ns, "eth0", 1500);
     run_in(sw, &["ip", "link", "set", &port, "master", "br0", "up"]);
-    address(&ns, "eth0", &format!("{underlay}/24"));
+    address(&ns, "eth0", &format!("{}/24", underlay_ip(n)));
     node_sysctls(&ns, true);
     run_in(&ns, &["ip", "link", "add", "cni0", "type", "bridge"]);
-    run_in(
-        &ns,
-        &["ip", "addr", "add", &format!("{gateway}/24"), "dev", "cni0"],
-    );
+    let gateway = format!("{}/24", pod_ip(n, 1));
+    run_in(&ns, &["ip", "addr", "add", &gateway, "dev", "cni0"]);
     run_in(&ns, &["ip", "link", "set", "cni0", "up"]);
     ns
 }
@@ -429,24 +505,27 @@ fn lab_path(lab: &Lab, path: Path) -> Datapath<'_> {
         kind: Kind::Podnet(path),
         server_ip: lab.pod_ip("server"),
         client: Box::new(move |cmd| lab.exec(client, cmd)),
+        client_ns: pod_netns(lab, client),
+        server_ns: pod_netns(lab, "server"),
     }
 }
 
-/// iperf3 and the sockperf servers, as containers of one pod.
+/// A lab pod's network namespace, named after the pod's UID.
+fn pod_netns(lab: &Lab, pod: &str) -> NetNs {
+    let uid = lab.pod(pod)["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("pod {pod} has no UID"))
+        .to_string();
+    let layout = podnet_lab::layout::Layout::new(&lab.name)
+        .unwrap_or_else(|e| panic!("lab {}: {e}", lab.name));
+    let name = layout.pod_netns(&uid);
+    NetNs::open_named(&name).unwrap_or_else(|e| panic!("pod {pod}'s namespace {name}: {e}"))
+}
+
+/// iperf3's server (the round trips' servers are the bench's own threads).
 fn server_pod(name: &str, node: &str) -> String {
-    let mut containers = String::from("  - {name: iperf3, command: [iperf3, -s]}\n");
-    for (port, cpu) in SOCKPERF_SERVERS {
-        let argv: Vec<String> = sockperf_server(port, cpu)
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        containers.push_str(&format!(
-            "  - {{name: sockperf-cpu{cpu}, command: [{}]}}\n",
-            argv.join(", ")
-        ));
-    }
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers:\n{containers}---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: iperf3, command: [iperf3, -s]}}]\n---\n"
     )
 }
 
@@ -482,59 +561,99 @@ fn throughput(p: &Datapath<'_>, seconds: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("iperf3 reported no received rate: {}", output_text(&out)))
 }
 
-/// sockperf TCP ping-pong: completed round trips per second over its valid duration
-/// (after its own warm-up). sockperf's "latency" is half a round trip.
-/// `port` picks the server: on the client's CPU or on the other one.
-fn round_trips(p: &Datapath<'_>, port: &str, seconds: &str) -> Result<f64, String> {
-    let out = (p.client)(&[
-        "taskset",
-        "-c",
-        CLIENT_CPU,
-        "sockperf",
-        "ping-pong",
-        "--tcp",
-        "-i",
-        &p.server_ip,
-        "-p",
-        port,
-        "-t",
-        seconds,
-        "-m",
-        "64",
-    ]);
-    let text = output_text(&out);
-    parse_sockperf(&text).ok_or_else(|| format!("sockperf: no valid-duration summary: {text}"))
+/// One TCP_RR connection on path `p`: the socket is made in the client's namespace and
+/// served by a thread, pinned to `cpu`, that returns every byte it reads.
+fn rr_connection(p: &Datapath<'_>, cpu: usize) -> io::Result<TcpStream> {
+    let listener = p
+        .server_ns
+        .run(|| TcpListener::bind((p.server_ip.as_str(), 0)))??;
+    let addr = listener.local_addr()?;
+    let client = p
+        .client_ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+    client.set_nodelay(true)?;
+    let (mut conn, _) = listener.accept()?;
+    conn.set_nodelay(true)?;
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        let mut byte = [0u8; 1];
+        // Until the client closes its end.
+        while conn.read_exact(&mut byte).is_ok() && conn.write_all(&byte).is_ok() {}
+    });
+    Ok(client)
 }
 
-/// From `[Valid Duration] RunTime=4.550 sec; SentMessages=1; ReceivedMessages=1`.
-fn parse_sockperf(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.contains("[Valid Duration]"))?;
-    let field = |key: &str| -> Option<f64> {
-        let rest = &line[line.find(key)? + key.len()..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    };
-    let secs = field("RunTime=")?;
-    let received = field("ReceivedMessages=")?;
-    (secs > 0.0 && received > 0.0).then_some(received / secs)
+/// `n` round trips of one byte on `conn`, timed.
+fn exchange(conn: &mut TcpStream, n: u32) -> io::Result<Duration> {
+    let started = Instant::now();
+    let mut byte = [1u8; 1];
+    for _ in 0..n {
+        conn.write_all(&byte)?;
+        conn.read_exact(&mut byte)?;
+    }
+    Ok(started.elapsed())
 }
 
-/// Short runs until both servers answer (a pod is Ready once its process started, maybe
-/// before it listens); this also warms neighbour tables, FDBs, routes and caches.
+/// Round trips per second on every path, once per round, the servers on `server_cpu`.
+/// Each round times one block on every path in turn, starting each round one path
+/// further on and every other round backwards, so no path is always next to the same
+/// neighbour or first.
+fn round_trips(paths: &[Datapath<'_>], server_cpu: usize) -> Vec<Vec<f64>> {
+    let mut conns: Vec<TcpStream> = paths
+        .iter()
+        .map(|p| {
+            rr_connection(p, server_cpu)
+                .unwrap_or_else(|e| panic!("{}: round-trip connection: {e}", p.kind.name()))
+        })
+        .collect();
+    let names: Vec<String> = paths.iter().map(|p| p.kind.name()).collect();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_to(CLIENT_CPU);
+                let fail = |i: usize, e: io::Error| -> Duration { panic!("{}: {e}", names[i]) };
+                // Warm-up: caches, neighbour entries, the scheduler's idea of both threads.
+                for (i, c) in conns.iter_mut().enumerate() {
+                    exchange(c, 20 * RR_BLOCK).unwrap_or_else(|e| fail(i, e));
+                }
+                let mut rates = vec![Vec::with_capacity(RR_ROUNDS); conns.len()];
+                let n = conns.len();
+                for round in 0..RR_ROUNDS {
+                    let mut order: Vec<usize> = (0..n).map(|k| (k + round) % n).collect();
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    for i in order {
+                        let t = exchange(&mut conns[i], RR_BLOCK).unwrap_or_else(|e| fail(i, e));
+                        rates[i].push(f64::from(RR_BLOCK) / t.as_secs_f64());
+                    }
+                }
+                rates
+            })
+            .join()
+            .unwrap_or_else(|_| panic!("the round-trip client panicked"))
+    })
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+        .unwrap_or_else(|e| panic!("pin a thread to CPU {cpu}: {e}"));
+}
+
+/// Short iperf3 runs until the server answers (a pod is Ready once its process started,
+/// maybe before it listens); this also warms neighbour tables, FDBs, routes and caches.
 fn warm_up(p: &Datapath<'_>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let Err(e) = throughput(p, "1")
-            .and_then(|_| round_trips(p, PORT_SAME_CPU, "1"))
-            .and_then(|_| round_trips(p, PORT_OTHER_CPU, "1"))
-        else {
+        let Err(e) = throughput(p, "1") else {
             return;
         };
         assert!(
             Instant::now() < deadline,
-            "{}: servers never answered: {e}",
+            "{}: iperf3's server never answered: {e}",
             p.kind.name()
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -636,6 +755,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The value below which a share `q` of `v` lies (nearest rank).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = (q * s.len() as f64).ceil() as usize;
+    s.get(rank.saturating_sub(1)).copied().unwrap_or(f64::NAN)
+}
+
 fn list(v: &[f64], digits: usize) -> String {
     v.iter()
         .map(|x| format!("{x:.digits$}"))
@@ -663,6 +790,9 @@ fn main() {
         (Path::Vxlan, &vxlan_lab),
     ] {
         paths.push(built.path(Kind::HandBuilt(path)));
+        if path != Path::SameNode {
+            paths.push(built.path(Kind::HandBuiltNat(path)));
+        }
         paths.push(lab_path(lab, path));
     }
     for p in &paths {
@@ -688,17 +818,28 @@ fn main() {
                     busy * 100.0
                 ));
             }
-            let fail = |e: String| -> f64 { panic!("{name}: {e}") };
-            let gbps = throughput(p, SECONDS).unwrap_or_else(fail);
-            let other = round_trips(p, PORT_OTHER_CPU, SECONDS).unwrap_or_else(fail);
-            let same = round_trips(p, PORT_SAME_CPU, SECONDS).unwrap_or_else(fail);
-            eprintln!(
-                "round {}: {name:<38} {gbps:6.2} Gbit/s {other:8.0} | {same:8.0} round trips/s",
-                round + 1,
-            );
+            let gbps = throughput(p, SECONDS).unwrap_or_else(|e| panic!("{name}: {e}"));
+            eprintln!("round {}: {name:<50} {gbps:6.2} Gbit/s", round + 1);
             samples[i].gbps.push(gbps);
-            samples[i].other_cpu.push(other);
-            samples[i].same_cpu.push(same);
+        }
+    }
+    for (cpu, placement) in [
+        (OTHER_CPU, "the other CPU"),
+        (CLIENT_CPU, "the client's CPU"),
+    ] {
+        if let Some(busy) = wait_for_quiet() {
+            busy_notes.push(format!(
+                "round trips, servers on {placement}: the machine was {:.0}% busy before measuring",
+                busy * 100.0
+            ));
+        }
+        eprintln!("round trips, servers on {placement}: {RR_ROUNDS} rounds of {RR_BLOCK} on every path...");
+        for (i, rates) in round_trips(&paths, cpu).into_iter().enumerate() {
+            if cpu == OTHER_CPU {
+                samples[i].other_cpu = rates;
+            } else {
+                samples[i].same_cpu = rates;
+            }
         }
     }
 
@@ -733,9 +874,10 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
     };
     let anchor = of(Kind::Anchor);
     println!(
-        "\n{ROUNDS} rounds of {SECONDS} s runs: medians, and ratios as the median of each \
-         round's ratio; round trips with the server on the other CPU (the issue's method) \
-         and on the client's CPU\n"
+        "\nthroughput: {ROUNDS} rounds of {SECONDS} s iperf3 runs; round trips: {RR_ROUNDS} \
+         rounds of {RR_BLOCK} one-byte exchanges per path, with the server on the other CPU \
+         (the issue's method) and on the client's CPU. Medians, and ratios as the median of \
+         each round's own ratio\n"
     );
     println!("| path | throughput | ratio | round trips/s, other CPU (RTT) | ratio | same CPU (RTT) | ratio |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -779,15 +921,42 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
             paired(&ours.gbps, &anchor.gbps),
         );
     }
-    println!("\nall runs (Gbit/s | round trips/s, other CPU | same CPU):");
-    for (p, s) in paths.iter().zip(samples) {
+    println!(
+        "\nwhat NAT itself costs: the hand-built nodes with a nat prerouting chain and a \
+         masquerading rule (conntrack and the NAT hooks), round trips\n"
+    );
+    println!("| path | hand-built + nat / hand-built, other CPU | same CPU | podnet / hand-built + nat, other CPU | same CPU |");
+    println!("| --- | --- | --- | --- | --- |");
+    for path in [Path::HostGw, Path::Vxlan] {
+        let hand = of(Kind::HandBuilt(path));
+        let nat = of(Kind::HandBuiltNat(path));
+        let ours = of(Kind::Podnet(path));
         println!(
-            "  {:<38} {} | {} | {}",
-            p.kind.name(),
-            list(&s.gbps, 2),
-            list(&s.other_cpu, 0),
-            list(&s.same_cpu, 0)
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            path.label(),
+            paired(&nat.other_cpu, &hand.other_cpu),
+            paired(&nat.same_cpu, &hand.same_cpu),
+            paired(&ours.other_cpu, &nat.other_cpu),
+            paired(&ours.same_cpu, &nat.same_cpu),
         );
+    }
+    println!(
+        "\nspread of podnet / hand-built over the rounds (10th, 25th, 75th, 90th percentile):"
+    );
+    for path in Path::ALL {
+        let (hand, ours) = (of(Kind::HandBuilt(path)), of(Kind::Podnet(path)));
+        for (placement, a, b) in [
+            ("other CPU", &ours.other_cpu, &hand.other_cpu),
+            ("same CPU", &ours.same_cpu, &hand.same_cpu),
+        ] {
+            let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+            let q = [0.10, 0.25, 0.75, 0.90].map(|f| quantile(&ratios, f));
+            println!("  {:<24} {placement:<10} {}", path.label(), list(&q, 3));
+        }
+    }
+    println!("\nthroughput, all runs (Gbit/s):");
+    for (p, s) in paths.iter().zip(samples) {
+        println!("  {:<50} {}", p.kind.name(), list(&s.gbps, 2));
     }
     for note in busy_notes {
         println!("note: {note}");
