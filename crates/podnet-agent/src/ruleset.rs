@@ -143,11 +143,11 @@ pub fn base(c: &TableConfig) -> String {
     // to know, before conntrack, which arriving packets answer a DNAT made here.
     let mut notrack = String::new();
     if let Some(port) = c.vxlan_port {
-        let mut hooks = vec![("output", "output".to_string())];
-        if let Some(dev) = &c.underlay {
-            hooks.insert(0, ("ingress", format!("ingress device \"{dev}\"")));
-        }
-        for (name, hook) in hooks {
+        let ingress = c.underlay.as_ref().map(|dev| {
+            let hook = format!("ingress device \"{dev}\"");
+            ("ingress", hook)
+        });
+        for (name, hook) in ingress.into_iter().chain([("output", "output".into())]) {
             // The port first: most packets are not UDP, and that needs no set lookup.
             let _ = write!(
                 notrack,

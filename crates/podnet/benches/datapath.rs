@@ -244,13 +244,13 @@ fn build() -> Built {
     run_in(&sw, &["ip", "link", "set", "br0", "up"]);
     node_sysctls(&sw, false);
 
-    for (prefix, first, nat) in [
-        ("hg", 1, false),
-        ("vx", 3, false),
-        ("hn", 5, true),
-        ("vn", 7, true),
+    for (prefix, first, path, nat) in [
+        ("hg", 1, Path::HostGw, false),
+        ("vx", 3, Path::Vxlan, false),
+        ("hn", 5, Path::HostGw, true),
+        ("vn", 7, Path::Vxlan, true),
     ] {
-        let vxlan = prefix.starts_with('v');
+        let vxlan = path == Path::Vxlan;
         // Node n: underlay 192.0.2.1n, pods 10.244.n.0/24.
         let nodes = [first, first + 1].map(|n| {
             let ns = node(&mut fx, &sw, &format!("{prefix}-{}", n - first + 1), n);
@@ -277,7 +277,6 @@ fn build() -> Built {
             &pod_ip(first, 2),
             mtu,
         );
-        let path = if vxlan { Path::Vxlan } else { Path::HostGw };
         let kind = |p| {
             if nat {
                 Kind::HandBuiltNat(p)
