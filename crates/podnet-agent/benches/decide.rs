@@ -87,6 +87,7 @@ fn main() {
             vxlan_port: None,
             underlay: None,
             local_pods: None,
+            untracked_pods: false,
         });
         proxy.set_nodes(&nodes);
         let t = Instant::now();

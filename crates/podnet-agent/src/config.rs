@@ -1,7 +1,7 @@
 //! The agent's config file (`podnet agent --config FILE`, the DaemonSet's ConfigMap).
 //! Its keys are a contract: `backend`, `clusterCIDR`, `serviceCIDR`, `mtu`, `vni`, and
-//! also `vxlanPort` and `directRouting`; each has a flag of the same meaning, and a flag
-//! given on the command line wins over the file.
+//! also `vxlanPort`, `directRouting` and `untrackedPodTraffic`; each has a flag of the
+//! same meaning, and a flag given on the command line wins over the file.
 
 use std::path::Path;
 
@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub vni: Option<u32>,
     pub vxlan_port: Option<u16>,
     pub direct_routing: Option<bool>,
+    /// Pod-to-pod flows that no Service translates skip conntrack.
+    pub untracked_pod_traffic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -50,7 +52,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("agent config {path}: {message}; the keys are backend, clusterCIDR, serviceCIDR, mtu, vni, vxlanPort and directRouting")]
+    #[error("agent config {path}: {message}; the keys are backend, clusterCIDR, serviceCIDR, mtu, vni, vxlanPort, directRouting and untrackedPodTraffic")]
     Parse { path: String, message: String },
 }
 
@@ -92,6 +94,7 @@ impl FileConfig {
             vni: flags.vni.or(self.vni),
             vxlan_port: flags.vxlan_port.or(self.vxlan_port),
             direct_routing: flags.direct_routing.or(self.direct_routing),
+            untracked_pod_traffic: flags.untracked_pod_traffic.or(self.untracked_pod_traffic),
         }
     }
 }

@@ -13,8 +13,8 @@ use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
 use crate::ruleset::{self, Tracked, Transaction};
-use crate::services::StaleUdp;
-use podnet_kernel::conntrack::{Conntrack, Flow, PROTO_UDP};
+use crate::services::{NatEndpoint, StaleUdp};
+use podnet_kernel::conntrack::{Conntrack, Flow, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// The route protocol number podnet marks its routes with (RTPROT_*; unassigned).
 pub const ROUTE_PROTO: u8 = 112;
@@ -385,6 +385,31 @@ impl Dataplane {
         self.conntrack
             .delete_where(PROTO_UDP, matches)
             .map_err(|e| DataplaneError::Underlay(format!("clean up UDP conntrack entries: {e}")))
+    }
+
+    /// The endpoints this node's conntrack has translated flows to (TCP, UDP and SCTP
+    /// flows whose replies come from elsewhere than where they were sent).
+    pub fn translated_endpoints(&mut self) -> Result<BTreeSet<NatEndpoint>, DataplaneError> {
+        let flows = self.conntrack.all_flows().map_err(|e| {
+            DataplaneError::Underlay(format!("find the flows Services translated: {e}"))
+        })?;
+        Ok(flows
+            .iter()
+            .filter(|f| (f.reply.src, f.reply.src_port) != (f.original.dst, f.original.dst_port))
+            .filter_map(|f| {
+                let protocol = match f.protocol {
+                    PROTO_TCP => "tcp",
+                    PROTO_UDP => "udp",
+                    PROTO_SCTP => "sctp",
+                    _ => return None,
+                };
+                Some(NatEndpoint {
+                    ip: f.reply.src,
+                    protocol: protocol.into(),
+                    port: f.reply.src_port,
+                })
+            })
+            .collect())
     }
 }
 

@@ -34,6 +34,10 @@ pub struct TableConfig {
     /// This node's pod CIDR, once known: Service traffic between two of its pods is
     /// masqueraded.
     pub local_pods: Option<Ipv4Net>,
+    /// Pod-to-pod traffic that no Service translates skips conntrack (opt-in:
+    /// `untrackedPodTraffic`). Set once `nat-endpoints` holds every endpoint that
+    /// conntrack may have translated a flow to, and effective once `local_pods` is known.
+    pub untracked_pods: bool,
 }
 
 #[cfg(test)]
@@ -45,6 +49,7 @@ impl TableConfig {
             vxlan_port: None,
             underlay: None,
             local_pods: None,
+            untracked_pods: false,
         }
     }
 }
@@ -97,6 +102,11 @@ pub const SETS: &[(&str, &str)] = &[
     ("no-endpoints", "type ipv4_addr . inet_proto . inet_service"),
     ("nodeport-no-endpoints", "type inet_proto . inet_service"),
     ("nodeport-masquerade", "type inet_proto . inet_service"),
+    // Endpoints replies from which must stay tracked (see `untracked_pods`).
+    (
+        "nat-endpoints",
+        "type ipv4_addr . inet_proto . inet_service",
+    ),
     (
         "service-ips",
         "type ipv4_addr . inet_proto . inet_service : verdict",
@@ -134,13 +144,12 @@ pub fn base(c: &TableConfig) -> String {
     // chain would be one more call for every packet the node forwards, the pods' own
     // included, where the ingress chain sees only what arrives from the underlay.
     //
-    // The pods' own packets stay tracked in both directions. Skipping conntrack for one
-    // direction only (say, a local pod's packets to other nodes' pods) saves nothing:
-    // the other node then sees every packet of the flow as the middle of a connection it
-    // never saw open, and conntrack takes that path as slowly as a normal one, marks each
-    // packet INVALID (which a host firewall with `ct state invalid drop` in forward would
-    // drop) and keeps unanswered entries for minutes. Skipping both directions would need
-    // to know, before conntrack, which arriving packets answer a DNAT made here.
+    // The pods' own packets stay tracked in both directions by default. Skipping
+    // conntrack for one direction only (say, a local pod's packets to other nodes' pods)
+    // saves nothing: the other node then sees every packet of the flow as the middle of a
+    // connection it never saw open, and conntrack takes that path as slowly as a normal
+    // one, marks each packet INVALID (which a host firewall with `ct state invalid drop`
+    // in forward would drop) and keeps unanswered entries for minutes.
     let mut notrack = String::new();
     if let Some(port) = c.vxlan_port {
         let ingress = c.underlay.as_ref().map(|dev| {
@@ -168,6 +177,9 @@ pub fn base(c: &TableConfig) -> String {
         .local_pods
         .map(|l| format!("\t\tip saddr {l} ip daddr {l} ct status dnat masquerade\n"))
         .unwrap_or_default();
+    if let (true, Some(local)) = (c.untracked_pods, c.local_pods) {
+        notrack.push_str(&untracked_pods(cluster_cidr, local));
+    }
     let mut s = format!("table inet {TABLE} {{\n");
     s.push_str(&notrack);
     for (name, ty) in SETS {
@@ -210,6 +222,28 @@ pub fn base(c: &TableConfig) -> String {
          }}\n"
     );
     s
+}
+
+/// With `untrackedPodTraffic`: both directions of a pod-to-pod flow skip conntrack (and
+/// so the conntrack lookup and NAT hooks on each node they cross), unless this node may
+/// have to translate it or a host firewall to recognise it:
+/// - a flow with, at either end, an endpoint this node translates Service traffic to
+///   (`nat-endpoints`): replies to a DNAT made here need their reverse NAT, and checking
+///   both ends keeps both directions of any flow on the same side of the line;
+/// - a flow to this node itself (its VXLAN and bridge addresses, the first two of its pod
+///   CIDR): a host firewall must see a kubelet probe's reply as ESTABLISHED;
+/// - ICMP: an error about a translated flow is translated with it.
+///
+/// The endpoint lookups come last, where only pod-to-pod packets get.
+fn untracked_pods(cluster: Ipv4Net, local: Ipv4Net) -> String {
+    let own = Ipv4Net::new(local.network(), 31).unwrap_or(local);
+    format!(
+        "\tchain raw-prerouting {{\n\
+         \t\ttype filter hook prerouting priority -300; policy accept;\n\
+         \t\tip saddr {cluster} ip daddr {cluster} ip daddr != {own} meta l4proto {{ tcp, udp, sctp }} \
+         ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n\
+         \t}}\n"
+    )
 }
 
 /// The load-balancing chain and endpoint map for ClusterIP services with `n` endpoints.
@@ -812,6 +846,24 @@ mod tests {
             .transaction()
             .expect("full")
             .contains("delete table inet podnet"));
+    }
+
+    #[test]
+    fn untracked_pod_traffic_skips_conntrack_only_where_nothing_is_translated() {
+        let mut c = TableConfig::test("10.244.0.0/16");
+        c.untracked_pods = true;
+        // Not before the node's own addresses are known.
+        assert!(!base(&c).contains("raw-prerouting"));
+        c.local_pods = Some("10.244.1.0/24".parse().expect("net"));
+        let b = base(&c);
+        assert!(
+            b.contains("\tchain raw-prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\t\
+                ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 ip daddr != 10.244.1.0/31 meta l4proto { tcp, udp, sctp } \
+                ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n"),
+            "{b}"
+        );
+        c.untracked_pods = false;
+        assert!(!base(&c).contains("notrack"));
     }
 
     #[test]

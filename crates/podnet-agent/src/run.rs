@@ -27,6 +27,9 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// How often podnet's nftables table is checked for vanished chains (two small netlink
 /// requests, whatever the table's size).
 const NFT_CHECK: Duration = Duration::from_secs(1);
+/// With untracked pod traffic, how often conntrack is looked at while endpoints no
+/// Service uses wait for their translated flows to end.
+const TRANSLATED_CHECK: Duration = Duration::from_secs(2);
 /// How often a node that cannot be configured yet is reported again.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -51,6 +54,8 @@ pub struct AgentConfig {
     /// Leave br_netfilter on for bridged pod traffic (for other software on the node
     /// that relies on it); podnet itself does not need it.
     pub bridge_netfilter: bool,
+    /// Pod-to-pod flows that no Service translates skip conntrack (`untrackedPodTraffic`).
+    pub untracked_pod_traffic: bool,
     /// What the health endpoints report.
     pub health: Arc<Health>,
 }
@@ -88,7 +93,10 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         },
         underlay: None,
         local_pods: None,
+        untracked_pods: false,
     });
+    let mut last_translated_check: Option<Instant> = None;
+    let mut synced = false;
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
     let mut pending = Dirty::default();
     let mut stale = Vec::new();
@@ -218,6 +226,19 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         if check_nft {
             last_nft_check = Instant::now();
         }
+        // Untracked pod traffic starts, and endpoints no Service uses leave its set, only
+        // after a look at conntrack made once their translation is out of the kernel.
+        let due = last_translated_check.is_none_or(|t| t.elapsed() >= TRANSLATED_CHECK);
+        let look = !proxy.untracking() || (proxy.lingering() && synced);
+        if config.untracked_pod_traffic && look && due {
+            last_translated_check = Some(Instant::now());
+            match dp.translated_endpoints() {
+                Ok(translated) => proxy.untrack_pods(translated),
+                Err(e) => {
+                    tracing::warn!("{e}; pod traffic stays tracked until conntrack can be read")
+                }
+            }
+        }
         let sync_started = Instant::now();
         let result = dp.sync(&desired, &underlay).and_then(|mut c| {
             let started = Instant::now();
@@ -236,6 +257,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
             Ok(c)
         });
+        synced = result.is_ok();
         health.synced(
             result.is_ok(),
             sync_started.elapsed(),

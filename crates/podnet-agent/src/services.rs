@@ -35,6 +35,22 @@ pub struct Frontend {
     pub port: u16,
 }
 
+/// An endpoint (address, protocol, port) that conntrack may translate a flow to: with
+/// untracked pod traffic, flows to and from it stay tracked.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NatEndpoint {
+    pub ip: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+}
+
+impl NatEndpoint {
+    /// Its element in `nat-endpoints`.
+    fn key(&self) -> String {
+        format!("{} . {} . {}", self.ip, self.protocol, self.port)
+    }
+}
+
 /// What the proxy serves, for comparing syncs (conntrack clean-up).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Served {
@@ -188,11 +204,21 @@ pub struct Contribution {
     pub elements: Vec<(String, String, String)>,
     pub extras: Vec<(String, Extra)>,
     pub served: Vec<(Frontend, BTreeSet<Endpoint>)>,
+    /// Every endpoint its ClusterIPs and NodePorts translate to.
+    pub nat: BTreeSet<NatEndpoint>,
 }
 
 impl Contribution {
     fn add(&mut self, set: &str, k: String, v: String) {
         self.elements.push((set.to_string(), k, v));
+    }
+
+    fn translates_to(&mut self, eps: &[Endpoint], protocol: &str) {
+        self.nat.extend(eps.iter().map(|e| NatEndpoint {
+            ip: e.ip,
+            protocol: protocol.to_string(),
+            port: e.port,
+        }));
     }
 }
 
@@ -236,6 +262,7 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
         let frontend = format!("{cip} . {proto} . {port}");
         c.add("service-ports", frontend.clone(), String::new());
         let cluster = pick(local_only(spec.internal_traffic_policy.as_deref()));
+        c.translates_to(&cluster, &proto);
         let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             spec.session_affinity_config
                 .as_ref()
@@ -290,6 +317,7 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
         let np_key = format!("{proto} . {np}");
         let external_local = local_only(spec.external_traffic_policy.as_deref());
         let external = pick(external_local);
+        c.translates_to(&external, &proto);
         if external.is_empty() {
             c.add("nodeport-no-endpoints", np_key, String::new());
             continue;
@@ -328,6 +356,7 @@ pub fn ruleset(
         vxlan_port: None,
         underlay: None,
         local_pods: None,
+        untracked_pods: false,
     });
     proxy.set_nodes(node_ips);
     let infos: Vec<SliceInfo> = slices
@@ -360,8 +389,44 @@ pub struct ServiceProxy {
     extra_users: HashMap<String, usize>,
     nodes: BTreeSet<Ipv4Addr>,
     config: TableConfig,
+    /// With untracked pod traffic: what `nat-endpoints` holds, and why.
+    nat: Option<NatEndpoints>,
     pub served: Served,
     pub table: Tracked,
+}
+
+/// The endpoints in `nat-endpoints`: those Service ports use (with how many), and those
+/// no Service uses any more that conntrack may still have translated flows to. Those
+/// flows' replies need their reverse NAT until they end, however long that is (a deleted
+/// Service's TCP connections live on): an endpoint leaves the set only once a look at
+/// conntrack, made after its translation left the kernel, finds no flow translated to it.
+#[derive(Default)]
+struct NatEndpoints {
+    users: HashMap<NatEndpoint, usize>,
+    /// Unused since before the last look at conntrack, which found flows to them.
+    lingering: BTreeSet<NatEndpoint>,
+    /// Unused since the last look: the next one decides.
+    unused: BTreeSet<NatEndpoint>,
+}
+
+impl NatEndpoints {
+    fn used(&mut self, table: &mut Tracked, e: &NatEndpoint) {
+        let users = self.users.entry(e.clone()).or_default();
+        *users += 1;
+        if *users == 1 && !self.unused.remove(e) && !self.lingering.remove(e) {
+            table.element("nat-endpoints", &e.key(), Some(String::new()));
+        }
+    }
+
+    fn released(&mut self, e: &NatEndpoint) {
+        if let Some(users) = self.users.get_mut(e) {
+            *users -= 1;
+            if *users == 0 {
+                self.users.remove(e);
+                self.unused.insert(e.clone());
+            }
+        }
+    }
 }
 
 impl ServiceProxy {
@@ -375,9 +440,66 @@ impl ServiceProxy {
             extra_users: HashMap::new(),
             nodes: BTreeSet::new(),
             config: config.clone(),
+            nat: None,
             served: Served::default(),
             table,
         }
+    }
+
+    /// Turns on untracked pod traffic, or keeps it up to date: `translated` are the
+    /// endpoints conntrack has translated flows to, looked up now (and, for an update,
+    /// after the last transaction was committed). The first call puts every Service's
+    /// endpoints and those in `translated` into `nat-endpoints`, and the chain that skips
+    /// conntrack into the table, in one transaction. Later calls let endpoints no Service
+    /// uses leave the set once no flow is translated to them. Only endpoints in the
+    /// cluster CIDR matter: the chain skips only pod-to-pod flows.
+    pub fn untrack_pods(&mut self, translated: impl IntoIterator<Item = NatEndpoint>) {
+        let cidr = self.config.cluster_cidr;
+        let nat = match &mut self.nat {
+            Some(nat) => nat,
+            None => {
+                let mut nat = NatEndpoints::default();
+                for c in self.contributions.values() {
+                    for e in c.nat.iter().filter(|e| cidr.contains(&e.ip)) {
+                        nat.used(&mut self.table, e);
+                    }
+                }
+                self.config.untracked_pods = true;
+                self.table.set_base(ruleset::base(&self.config));
+                self.nat.insert(nat)
+            }
+        };
+        let mut keep = BTreeSet::new();
+        for e in translated.into_iter().filter(|e| cidr.contains(&e.ip)) {
+            if nat.users.contains_key(&e) {
+                continue;
+            }
+            if !nat.lingering.contains(&e) && !nat.unused.contains(&e) {
+                self.table
+                    .element("nat-endpoints", &e.key(), Some(String::new()));
+            }
+            keep.insert(e);
+        }
+        for e in nat.lingering.difference(&keep) {
+            self.table.element("nat-endpoints", &e.key(), None);
+        }
+        // Endpoints released since the last look may have flows this one missed (made
+        // before their translation left the kernel): the next look decides.
+        keep.append(&mut nat.unused);
+        nat.lingering = keep;
+    }
+
+    /// Whether pod traffic is untracked (see [`ServiceProxy::untrack_pods`]).
+    pub fn untracking(&self) -> bool {
+        self.nat.is_some()
+    }
+
+    /// Whether endpoints no Service uses wait in `nat-endpoints` for their flows to end:
+    /// conntrack needs another look.
+    pub fn lingering(&self) -> bool {
+        self.nat
+            .as_ref()
+            .is_some_and(|n| !n.lingering.is_empty() || !n.unused.is_empty())
     }
 
     /// This node's pod CIDR (see [`TableConfig::local_pods`]); a change rewrites the table.
@@ -437,6 +559,19 @@ impl ServiceProxy {
         }
         for (set, k, v) in &new.elements {
             self.table.element(set, k, Some(v.clone()));
+        }
+        if let Some(nat) = &mut self.nat {
+            let cidr = self.config.cluster_cidr;
+            for e in new
+                .nat
+                .difference(&old.nat)
+                .filter(|e| cidr.contains(&e.ip))
+            {
+                nat.used(&mut self.table, e);
+            }
+            for e in old.nat.difference(&new.nat) {
+                nat.released(e);
+            }
         }
         for (name, extra) in &new.extras {
             let users = self.extra_users.entry(name.clone()).or_default();
@@ -571,6 +706,98 @@ endpoints:
                 }
             })
             .collect()
+    }
+
+    fn nat(ip: &str, protocol: &str, port: u16) -> NatEndpoint {
+        NatEndpoint {
+            ip: ip.parse().expect("ip"),
+            protocol: protocol.into(),
+            port,
+        }
+    }
+
+    fn nat_elements(proxy: &ServiceProxy) -> Vec<String> {
+        el(proxy.table.want(), "nat-endpoints")
+    }
+
+    #[test]
+    fn untracked_pods_keep_translated_endpoints_tracked_until_their_flows_end() {
+        let objs = parse_documents(YAML).expect("valid");
+        let svc = |name: &str| {
+            objs.iter()
+                .find_map(|o| match o {
+                    Object::Service(s) if s.metadata.name.as_deref() == Some(name) => Some(s),
+                    _ => None,
+                })
+                .expect("service")
+        };
+        let infos: Vec<SliceInfo> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::EndpointSlice(s) => SliceInfo::from_slice(s),
+                _ => None,
+            })
+            .collect();
+        let slices = |name: &str| -> Vec<&SliceInfo> {
+            infos.iter().filter(|i| i.service.1 == name).collect()
+        };
+        let key = |name: &str| ("default".to_string(), name.to_string());
+        let mut proxy = ServiceProxy::new(&TableConfig::test("10.244.0.0/16"));
+        proxy.set_local_pods("10.244.2.0/24".parse().expect("net"));
+        for name in ["web", "local"] {
+            proxy.set_service(
+                key(name),
+                Some(contribution(svc(name), &slices(name), "node-2")),
+            );
+        }
+        assert!(!proxy.untracking());
+        assert!(nat_elements(&proxy).is_empty(), "filled only when asked");
+        // Turned on: every endpoint translated to, and a flow from before the agent
+        // started to an endpoint no Service has now; not an address outside the pods.
+        proxy.untrack_pods([nat("10.244.3.3", "tcp", 80), nat("172.18.0.12", "tcp", 80)]);
+        assert!(proxy.table.want().base.contains("chain raw-prerouting"));
+        let web = [
+            "10.244.1.2 . tcp . 8080",
+            "10.244.1.2 . udp . 5353",
+            "10.244.2.2 . tcp . 8080",
+            "10.244.2.2 . udp . 5353",
+        ];
+        let mut want: Vec<&str> = web.to_vec();
+        want.extend(["10.244.2.9 . tcp . 80", "10.244.3.3 . tcp . 80"]);
+        want.sort();
+        assert_eq!(nat_elements(&proxy), want);
+        assert!(proxy.lingering());
+        // That flow ended: its endpoint leaves at the next look.
+        proxy.untrack_pods([]);
+        want.retain(|e| *e != "10.244.3.3 . tcp . 80");
+        assert_eq!(nat_elements(&proxy), want);
+        assert!(!proxy.lingering());
+        // A Service deleted while conntrack has flows to its endpoint: the endpoint stays
+        // through a look made before the deletion reached the kernel, and through every
+        // later one that finds the flow; it leaves at the first that does not.
+        proxy.set_service(key("local"), None);
+        assert_eq!(nat_elements(&proxy), want);
+        proxy.untrack_pods([]);
+        assert_eq!(
+            nat_elements(&proxy),
+            want,
+            "the look may predate the commit"
+        );
+        proxy.untrack_pods([nat("10.244.2.9", "tcp", 80)]);
+        assert_eq!(nat_elements(&proxy), want, "a flow still uses it");
+        proxy.untrack_pods([]);
+        want.retain(|e| *e != "10.244.2.9 . tcp . 80");
+        assert_eq!(nat_elements(&proxy), want);
+        // An endpoint that comes back while it waits is simply in use again.
+        proxy.set_service(key("web"), None);
+        proxy.set_service(
+            key("web"),
+            Some(contribution(svc("web"), &slices("web"), "node-2")),
+        );
+        proxy.untrack_pods([]);
+        proxy.untrack_pods([]);
+        assert_eq!(nat_elements(&proxy), web);
+        assert!(!proxy.lingering());
     }
 
     #[test]

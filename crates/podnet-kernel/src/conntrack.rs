@@ -32,6 +32,7 @@ use nix::errno::Errno;
 /// IANA protocol numbers of the flows podnet cares about.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 
 /// One direction of a flow, as conntrack saw (original) or expects (reply) it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,7 +86,7 @@ fn protocol_name(protocol: u8) -> String {
         PROTO_TCP => "tcp".into(),
         PROTO_UDP => "udp".into(),
         1 => "icmp".into(),
-        132 => "sctp".into(),
+        PROTO_SCTP => "sctp".into(),
         p => format!("proto {p}"),
     }
 }
@@ -154,9 +155,21 @@ impl Conntrack {
     /// A dump of a table that changes meanwhile may miss or repeat flows that came or
     /// went during it (the kernel walks its hash table bucket by bucket).
     pub fn flows(&mut self, protocol: u8) -> Result<Vec<Flow>> {
-        let op = || format!("list {} conntrack flows", protocol_name(protocol));
+        let mut flows = self.dump(&format!("list {} conntrack flows", protocol_name(protocol)))?;
+        flows.retain(|f| f.protocol == protocol);
+        Ok(flows)
+    }
+
+    /// Every IPv4 flow in the socket's namespace, of any protocol (one dump; see
+    /// [`Conntrack::flows`]).
+    pub fn all_flows(&mut self) -> Result<Vec<Flow>> {
+        self.dump("list conntrack flows")
+    }
+
+    fn dump(&mut self, what: &str) -> Result<Vec<Flow>> {
+        let op = || what.to_string();
         // The family in the request makes the kernel dump only IPv4 entries; it has no
-        // L4 filter older kernels understand, so the protocol is filtered here.
+        // L4 filter older kernels understand, so callers filter by protocol.
         let answers = self.request(&op, ConntrackMessage::Get(Vec::new()), NLM_F_DUMP)?;
         let mut flows = Vec::new();
         for answer in answers {
@@ -165,9 +178,7 @@ impl Conntrack {
             };
             let flow = flow_from_attributes(&attributes)
                 .map_err(|detail| ConntrackError::Decode { op: op(), detail })?;
-            if let Some(flow) = flow.filter(|f| f.protocol == protocol) {
-                flows.push(flow);
-            }
+            flows.extend(flow);
         }
         Ok(flows)
     }

@@ -37,6 +37,9 @@ pub struct LabConfig {
     /// With vxlan: plain routes to peers on the same segment.
     #[serde(default)]
     pub direct_routing: bool,
+    /// The agents run with `--untracked-pod-traffic`.
+    #[serde(default)]
+    pub untracked_pod_traffic: bool,
 }
 
 fn default_underlay() -> String {

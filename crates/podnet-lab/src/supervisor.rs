@@ -466,6 +466,9 @@ impl Agents {
         if shared.config.direct_routing {
             cmd.arg("--direct-routing");
         }
+        if shared.config.untracked_pod_traffic {
+            cmd.arg("--untracked-pod-traffic");
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

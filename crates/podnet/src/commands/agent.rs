@@ -39,7 +39,7 @@ pub struct AgentArgs {
     #[arg(long)]
     node: String,
     /// A config file (YAML) with the keys backend, clusterCIDR, serviceCIDR, mtu, vni,
-    /// vxlanPort, directRouting; flags given here win over it.
+    /// vxlanPort, directRouting, untrackedPodTraffic; flags given here win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// How this node reaches other nodes' pods: vxlan (default) or host-gw.
@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// With vxlan: plain routes to peers on this node's network, the tunnel for the rest.
     #[arg(long)]
     direct_routing: bool,
+    /// Pod-to-pod flows that no Service translates skip conntrack: faster across nodes,
+    /// but a host firewall must then accept pod traffic without `ct state` (see
+    /// docs/architecture.md).
+    #[arg(long)]
+    untracked_pod_traffic: bool,
     /// Keep bridged pod-to-pod frames going through the IP netfilter hooks (br_netfilter's
     /// bridge-nf-call-* sysctls at 1), for other software on the node that relies on
     /// them; podnet does not, and turns them off by default (faster same-node traffic).
@@ -98,6 +103,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         vni: args.vni,
         vxlan_port: args.vxlan_port,
         direct_routing: args.direct_routing.then_some(true),
+        untracked_pod_traffic: args.untracked_pod_traffic.then_some(true),
     });
     let Some(cluster_cidr) = c.cluster_cidr else {
         bail!("no cluster CIDR: pass --cluster-cidr or set clusterCIDR in the --config file (the controller-manager's --cluster-cidr)");
@@ -161,6 +167,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         service_cidr: c.service_cidr.map(|n| n.trunc()),
         mtu: c.mtu,
         bridge_netfilter: args.bridge_netfilter,
+        untracked_pod_traffic: c.untracked_pod_traffic.unwrap_or(false),
         health,
     };
     podnet_agent::run(&config, source.as_mut())

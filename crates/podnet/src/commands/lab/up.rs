@@ -34,6 +34,9 @@ pub struct UpArgs {
     /// With vxlan: plain routes to peers on the same segment, the tunnel for the rest.
     #[arg(long)]
     direct_routing: bool,
+    /// The agents let pod-to-pod flows that no Service translates skip conntrack.
+    #[arg(long)]
+    untracked_pod_traffic: bool,
     /// How long to wait for the lab to be ready.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -100,6 +103,7 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
         service_cidr,
         underlay: a.underlay.clone(),
         direct_routing: a.direct_routing,
+        untracked_pod_traffic: a.untracked_pod_traffic,
     };
 
     fs::create_dir_all(layout.dir())

@@ -1,0 +1,168 @@
+//! Untracked pod traffic (`lab up --untracked-pod-traffic`, the agent's
+//! `untrackedPodTraffic`): pod-to-pod flows that no Service translates skip conntrack on
+//! every node, while Service flows, a node's own flows and the flows of a Service deleted
+//! under them stay tracked and keep working. Run as root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, stdout, Lab};
+use podnet_kernel::conntrack::{Flow, PROTO_TCP, PROTO_UDP};
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: peer}
+spec:
+  nodeName: node-2
+  containers: [{name: s, command: [podnet, probe, serve, --http, "8080", --udp-echo, "5353"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: near}
+spec:
+  nodeName: node-1
+  containers: [{name: s, command: [podnet, probe, serve, --http, "8080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, labels: {app: iperf}}
+spec:
+  nodeName: node-2
+  containers: [{name: s, command: [iperf3, -s]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: iperf}
+spec: {selector: {app: iperf}, ports: [{port: 5201}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli}
+spec:
+  nodeName: node-1
+  containers: [{name: c, command: [sleep, infinity]}]
+"#;
+
+fn get(lab: &Lab, from: &str, url: &str) -> String {
+    stdout(&lab.exec(from, &["podnet", "probe", "get", "--timeout", "2s", url]))
+}
+
+/// A node's conntrack flows of `protocol`.
+fn flows(lab: &Lab, node: &str, protocol: u8) -> Vec<Flow> {
+    let ns = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_{node}", lab.name))
+        .expect("the node's namespace");
+    ns.run(|| podnet_kernel::Conntrack::open().and_then(|mut c| c.flows(protocol)))
+        .expect("enter the node")
+        .expect("list the node's flows")
+}
+
+/// Whether a flow is between `a` and `b:port`, in either direction.
+fn between(f: &Flow, a: &str, b: &str, port: u16) -> bool {
+    let t = &f.original;
+    let (src, dst) = (t.src.to_string(), t.dst.to_string());
+    (src == a && dst == b && t.dst_port == port) || (src == b && dst == a && t.src_port == port)
+}
+
+#[test]
+fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
+    let lab = Lab::up(2, &["--untracked-pod-traffic"]);
+    lab.apply(PODS);
+    for pod in ["peer", "near", "srv", "cli"] {
+        lab.wait_ready(&format!("pod/{pod}"), "30s");
+    }
+    let (cli, peer, near) = (lab.pod_ip("cli"), lab.pod_ip("peer"), lab.pod_ip("near"));
+
+    // Pod to pod across nodes, TCP and UDP: no NAT, and no conntrack entry on either node.
+    let seen = get(&lab, "cli", &format!("http://{peer}:8080/clientip"));
+    assert!(
+        seen.starts_with(&format!("{cli}:")),
+        "cli -> peer seen as {seen:?}"
+    );
+    let udp = stdout(&lab.exec(
+        "cli",
+        &["podnet", "probe", "udp", &format!("{peer}:5353"), "-m", "x"],
+    ));
+    assert!(
+        udp.starts_with(&format!("peer {cli}:")),
+        "UDP cli -> peer: {udp:?}"
+    );
+    for node in ["node-1", "node-2"] {
+        for (protocol, port) in [(PROTO_TCP, 8080), (PROTO_UDP, 5353)] {
+            let tracked: Vec<Flow> = flows(&lab, node, protocol)
+                .into_iter()
+                .filter(|f| between(f, &cli, &peer, port))
+                .collect();
+            assert!(
+                tracked.is_empty(),
+                "{node} tracked cli <-> peer:{port}: {tracked:?}"
+            );
+        }
+    }
+
+    // A node reaches its own pods through a host firewall that accepts only what
+    // conntrack knows: the pod's replies to the node's bridge address stay tracked.
+    let firewall =
+        "table inet pntest_fw { chain input { type filter hook input priority 0; policy drop; \
+        iif lo accept; ct state established,related accept; udp dport 4789 accept; }; }";
+    let out = lab.exec("node/node-1", &["nft", firewall]);
+    assert!(
+        out.status.success(),
+        "firewall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = get(&lab, "node/node-1", &format!("http://{near}:8080/clientip"));
+    assert!(
+        !seen.is_empty() && !seen.contains("error"),
+        "node-1 -> near through a ct-state firewall: {seen:?}"
+    );
+    let out = lab.exec(
+        "node/node-1",
+        &["nft", "delete", "table", "inet", "pntest_fw"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A Service connection outlives its Service: its replies keep their reverse NAT.
+    let service = lab.ok(&["get", "services", "iperf", "-o", "json"]);
+    let service: serde_json::Value = serde_json::from_str(&service).expect("json");
+    let ip = service["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string();
+    assert!(
+        eventually(Duration::from_secs(5), || (lab.slice_ips("iperf").len()
+            == 1)
+            .then_some(()))
+        .is_some(),
+        "the Service has its endpoint"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // A broken connection can leave iperf3 waiting for ever: it gets 20 s.
+    let transfer = lab.spawn_exec(
+        "cli",
+        &["timeout", "20", "iperf3", "-c", &ip, "-t", "6", "-b", "50M"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.ok(&["delete", "service/iperf"]);
+    let out = transfer.wait_with_output().expect("iperf3");
+    assert!(
+        out.status.success(),
+        "the connection broke when its Service was deleted: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It was translated, and tracked whole, on the client's node.
+    let srv = lab.pod_ip("srv");
+    let translated = flows(&lab, "node-1", PROTO_TCP)
+        .into_iter()
+        .any(|f| f.original.dst.to_string() == ip && f.reply.src.to_string() == srv);
+    assert!(
+        translated,
+        "node-1 tracks cli -> {ip}:5201 translated to {srv}"
+    );
+}
