@@ -1,6 +1,6 @@
 //! The datapath: TCP throughput (iperf3, one stream) and request/response rate (a
-//! TCP_RR-style exchange: one byte each way, one in flight) over nine paths measured in
-//! one run, each reported as a ratio to the first:
+//! TCP_RR-style exchange: one byte each way, one in flight) over eleven paths measured
+//! in one run, each reported as a ratio to the first:
 //!
 //! 1. a bare veth pair between two namespaces this bench makes (the anchor: what this
 //!    machine can do with no pod network at all);
@@ -13,7 +13,9 @@
 //!    translates Services and masquerades with conntrack (its lookup and the NAT hooks
 //!    on every packet), the floor for podnet's design;
 //! 7. to 9. the same three paths in real labs (`--backend host-gw` and `--backend
-//!    vxlan`), with their agents running and podnet's routes and rules loaded.
+//!    vxlan`), with their agents running and podnet's routes and rules loaded;
+//! 10. and 11. the cross-node paths again in labs with `--untracked-pod-traffic`, where
+//!     pod-to-pod flows that no Service translates skip conntrack.
 //!
 //! The issue's targets are podnet within 5% of the hand-built setups. Its reference
 //! ratios came with a bare pair taking 56 µs a round trip, far above the 7 to 8 µs of
@@ -120,6 +122,8 @@ enum Kind {
     /// The hand-built setup with what any NAT costs: [`NAT_FLOOR`] in each node.
     HandBuiltNat(Path),
     Podnet(Path),
+    /// podnet with `--untracked-pod-traffic`.
+    PodnetUntracked(Path),
 }
 
 impl Kind {
@@ -129,6 +133,7 @@ impl Kind {
             Kind::HandBuilt(p) => format!("hand-built: {}", p.label()),
             Kind::HandBuiltNat(p) => format!("hand-built + NAT: {}", p.label()),
             Kind::Podnet(p) => format!("podnet: {}", p.label()),
+            Kind::PodnetUntracked(p) => format!("podnet, untracked: {}", p.label()),
         }
     }
 }
@@ -480,8 +485,12 @@ fn pod(fx: &mut Fixture, node: &NetNs, name: &str, ip: &str, mtu: u32) -> NetNs 
 // The paths in podnet's labs
 
 /// A 2-node lab with a server pod on node-2 and a client pod on each node.
-fn lab(backend: &str) -> Lab {
-    let lab = Lab::up(2, &["--backend", backend]);
+fn lab(backend: &str, untracked: bool) -> Lab {
+    let mut args = vec!["--backend", backend];
+    if untracked {
+        args.push("--untracked-pod-traffic");
+    }
+    let lab = Lab::up(2, &args);
     lab.apply(&format!(
         "{}{}{}",
         server_pod("server", "node-2"),
@@ -494,14 +503,14 @@ fn lab(backend: &str) -> Lab {
     lab
 }
 
-fn lab_path(lab: &Lab, path: Path) -> Datapath<'_> {
+fn lab_path(lab: &Lab, kind: Kind, path: Path) -> Datapath<'_> {
     let client = if path == Path::SameNode {
         "near"
     } else {
         "far"
     };
     Datapath {
-        kind: Kind::Podnet(path),
+        kind,
         server_ip: lab.pod_ip("server"),
         client: Box::new(move |cmd| lab.exec(client, cmd)),
         client_ns: pod_netns(lab, client),
@@ -773,26 +782,33 @@ fn list(v: &[f64], digits: usize) -> String {
 
 fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
-    eprintln!("setting up: bare veth, hand-built paths, a host-gw lab and a vxlan lab...");
-    let built = build();
-    let host_gw_lab = lab("host-gw");
-    let vxlan_lab = lab("vxlan");
     eprintln!(
-        "labs {} (host-gw) and {} (vxlan) are up",
-        host_gw_lab.name, vxlan_lab.name
+        "setting up: bare veth, hand-built paths, host-gw and vxlan labs, tracked and untracked..."
+    );
+    let built = build();
+    let host_gw_lab = lab("host-gw", false);
+    let vxlan_lab = lab("vxlan", false);
+    let host_gw_untracked = lab("host-gw", true);
+    let vxlan_untracked = lab("vxlan", true);
+    eprintln!(
+        "labs {} (host-gw), {} (vxlan), {} (host-gw, untracked) and {} (vxlan, untracked) are up",
+        host_gw_lab.name, vxlan_lab.name, host_gw_untracked.name, vxlan_untracked.name
     );
     // Each hand-built path is followed by podnet's, so the two are measured seconds apart.
     let mut paths = vec![built.path(Kind::Anchor)];
-    for (path, lab) in [
-        (Path::SameNode, &host_gw_lab),
-        (Path::HostGw, &host_gw_lab),
-        (Path::Vxlan, &vxlan_lab),
+    for (path, lab, untracked) in [
+        (Path::SameNode, &host_gw_lab, None),
+        (Path::HostGw, &host_gw_lab, Some(&host_gw_untracked)),
+        (Path::Vxlan, &vxlan_lab, Some(&vxlan_untracked)),
     ] {
         paths.push(built.path(Kind::HandBuilt(path)));
         if path != Path::SameNode {
             paths.push(built.path(Kind::HandBuiltNat(path)));
         }
-        paths.push(lab_path(lab, path));
+        paths.push(lab_path(lab, Kind::Podnet(path), path));
+        if let Some(lab) = untracked {
+            paths.push(lab_path(lab, Kind::PodnetUntracked(path), path));
+        }
     }
     for p in &paths {
         warm_up(p);
@@ -937,6 +953,31 @@ fn report(paths: &[Datapath<'_>], samples: &[Samples], busy_notes: &[String]) {
             paired(&nat.same_cpu, &hand.same_cpu),
             paired(&ours.other_cpu, &nat.other_cpu),
             paired(&ours.same_cpu, &nat.same_cpu),
+        );
+    }
+    println!(
+        "\nwith untracked pod traffic (`--untracked-pod-traffic`), round trips with the server \
+         on the other CPU unless said\n"
+    );
+    println!("| path | podnet, untracked / bare | target | | / hand-built | target | | same CPU: / hand-built | / podnet (tracked) | same CPU | throughput / bare |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for path in [Path::HostGw, Path::Vxlan] {
+        let t = path.target();
+        let hand = of(Kind::HandBuilt(path));
+        let tracked = of(Kind::Podnet(path));
+        let ours = of(Kind::PodnetUntracked(path));
+        let o = paired(&ours.other_cpu, &anchor.other_cpu);
+        let vs_hand = paired(&ours.other_cpu, &hand.other_cpu);
+        println!(
+            "| {} | {o:.2} | >= {:.2} | {} | {vs_hand:.2} | >= 0.95 | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            path.label(),
+            t.rr_ratio,
+            verdict(o >= t.rr_ratio),
+            verdict(vs_hand >= 0.95),
+            paired(&ours.same_cpu, &hand.same_cpu),
+            paired(&ours.other_cpu, &tracked.other_cpu),
+            paired(&ours.same_cpu, &tracked.same_cpu),
+            paired(&ours.gbps, &anchor.gbps),
         );
     }
     println!(
