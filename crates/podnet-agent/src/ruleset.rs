@@ -102,11 +102,12 @@ pub const SETS: &[(&str, &str)] = &[
     ("no-endpoints", "type ipv4_addr . inet_proto . inet_service"),
     ("nodeport-no-endpoints", "type inet_proto . inet_service"),
     ("nodeport-masquerade", "type inet_proto . inet_service"),
-    // Endpoints replies from which must stay tracked (see `untracked_pods`).
+    // Endpoints whose flows must stay tracked, and their ports (see `untracked_pods`).
     (
         "nat-endpoints",
         "type ipv4_addr . inet_proto . inet_service",
     ),
+    ("nat-ports", "type inet_service"),
     (
         "service-ips",
         "type ipv4_addr . inet_proto . inet_service : verdict",
@@ -234,14 +235,19 @@ pub fn base(c: &TableConfig) -> String {
 ///   CIDR): a host firewall must see a kubelet probe's reply as ESTABLISHED;
 /// - ICMP: an error about a translated flow is translated with it.
 ///
-/// The endpoint lookups come last, where only pod-to-pod packets get.
+/// Every check is a cheap one for most packets: comparisons, then the two ports against
+/// `nat-ports` (a bitmap). Only a packet with an endpoint's port at either end is looked
+/// up in `nat-endpoints` (hashed on address, protocol and port), which costs as much as
+/// the conntrack lookup it would save.
 fn untracked_pods(cluster: Ipv4Net, local: Ipv4Net) -> String {
     let own = Ipv4Net::new(local.network(), 31).unwrap_or(local);
+    let pods =
+        format!("ip saddr {cluster} ip daddr {cluster} ip daddr != {own} meta l4proto != icmp");
     format!(
         "\tchain raw-prerouting {{\n\
          \t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tip saddr {cluster} ip daddr {cluster} ip daddr != {own} meta l4proto {{ tcp, udp, sctp }} \
-         ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n\
+         \t\t{pods} th sport != @nat-ports th dport != @nat-ports notrack accept\n\
+         \t\t{pods} ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n\
          \t}}\n"
     )
 }
@@ -856,10 +862,11 @@ mod tests {
         assert!(!base(&c).contains("raw-prerouting"));
         c.local_pods = Some("10.244.1.0/24".parse().expect("net"));
         let b = base(&c);
+        let pods = "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 ip daddr != 10.244.1.0/31 meta l4proto != icmp";
         assert!(
-            b.contains("\tchain raw-prerouting {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\t\
-                ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 ip daddr != 10.244.1.0/31 meta l4proto { tcp, udp, sctp } \
-                ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n"),
+            b.contains(&format!("\tchain raw-prerouting {{\n\t\ttype filter hook prerouting priority -300; policy accept;\n\
+                \t\t{pods} th sport != @nat-ports th dport != @nat-ports notrack accept\n\
+                \t\t{pods} ip saddr . meta l4proto . th sport != @nat-endpoints ip daddr . meta l4proto . th dport != @nat-endpoints notrack\n")),
             "{b}"
         );
         c.untracked_pods = false;

@@ -403,6 +403,9 @@ pub struct ServiceProxy {
 #[derive(Default)]
 struct NatEndpoints {
     users: HashMap<NatEndpoint, usize>,
+    /// The ports of the endpoints in the set, with how many: `nat-ports`, which most
+    /// packets are checked against instead (a bitmap, cheaper than the set's hash).
+    ports: HashMap<u16, usize>,
     /// Unused since before the last look at conntrack, which found flows to them.
     lingering: BTreeSet<NatEndpoint>,
     /// Unused since the last look: the next one decides.
@@ -414,7 +417,27 @@ impl NatEndpoints {
         let users = self.users.entry(e.clone()).or_default();
         *users += 1;
         if *users == 1 && !self.unused.remove(e) && !self.lingering.remove(e) {
-            table.element("nat-endpoints", &e.key(), Some(String::new()));
+            self.add(table, e);
+        }
+    }
+
+    fn add(&mut self, table: &mut Tracked, e: &NatEndpoint) {
+        table.element("nat-endpoints", &e.key(), Some(String::new()));
+        let n = self.ports.entry(e.port).or_default();
+        *n += 1;
+        if *n == 1 {
+            table.element("nat-ports", &e.port.to_string(), Some(String::new()));
+        }
+    }
+
+    fn remove(&mut self, table: &mut Tracked, e: &NatEndpoint) {
+        table.element("nat-endpoints", &e.key(), None);
+        if let Some(n) = self.ports.get_mut(&e.port) {
+            *n -= 1;
+            if *n == 0 {
+                self.ports.remove(&e.port);
+                table.element("nat-ports", &e.port.to_string(), None);
+            }
         }
     }
 
@@ -475,13 +498,13 @@ impl ServiceProxy {
                 continue;
             }
             if !nat.lingering.contains(&e) && !nat.unused.contains(&e) {
-                self.table
-                    .element("nat-endpoints", &e.key(), Some(String::new()));
+                nat.add(&mut self.table, &e);
             }
             keep.insert(e);
         }
-        for e in nat.lingering.difference(&keep) {
-            self.table.element("nat-endpoints", &e.key(), None);
+        let ended: Vec<NatEndpoint> = nat.lingering.difference(&keep).cloned().collect();
+        for e in &ended {
+            nat.remove(&mut self.table, e);
         }
         // Endpoints released since the last look may have flows this one missed (made
         // before their translation left the kernel): the next look decides.
@@ -766,6 +789,7 @@ endpoints:
         want.extend(["10.244.2.9 . tcp . 80", "10.244.3.3 . tcp . 80"]);
         want.sort();
         assert_eq!(nat_elements(&proxy), want);
+        assert_eq!(el(proxy.table.want(), "nat-ports"), ["5353", "80", "8080"]);
         assert!(proxy.lingering());
         // That flow ended: its endpoint leaves at the next look.
         proxy.untrack_pods([]);
@@ -798,6 +822,8 @@ endpoints:
         proxy.untrack_pods([]);
         assert_eq!(nat_elements(&proxy), web);
         assert!(!proxy.lingering());
+        // Most packets are checked against the endpoints' ports only.
+        assert_eq!(el(proxy.table.want(), "nat-ports"), ["5353", "8080"]);
     }
 
     #[test]

@@ -20,10 +20,16 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: near}
+metadata: {name: near, labels: {app: near}}
 spec:
   nodeName: node-1
   containers: [{name: s, command: [podnet, probe, serve, --http, "8080"]}]
+---
+# Port 8080 is an endpoint's: packets to peer:8080 are looked up endpoint by endpoint.
+apiVersion: v1
+kind: Service
+metadata: {name: near}
+spec: {selector: {app: near}, ports: [{port: 80, targetPort: 8080}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -74,6 +80,26 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
     }
     let (cli, peer, near) = (lab.pod_ip("cli"), lab.pod_ip("peer"), lab.pod_ip("near"));
 
+    assert!(
+        eventually(Duration::from_secs(5), || (lab.slice_ips("near").len()
+            == 1)
+            .then_some(()))
+        .is_some(),
+        "Service near has its endpoint"
+    );
+    for node in ["node-1", "node-2"] {
+        let ports = || {
+            let out = lab.exec(
+                &format!("node/{node}"),
+                &["nft", "list", "set", "inet", "podnet", "nat-ports"],
+            );
+            stdout(&out).contains("8080").then_some(())
+        };
+        assert!(
+            eventually(Duration::from_secs(5), ports).is_some(),
+            "{node}: nat-ports has 8080"
+        );
+    }
     // Pod to pod across nodes, TCP and UDP: no NAT, and no conntrack entry on either node.
     let seen = get(&lab, "cli", &format!("http://{peer}:8080/clientip"));
     assert!(
