@@ -395,7 +395,13 @@ spec:
         .is_some()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let transfer = lab.spawn_exec("cli", &["iperf3", "-c", &ip, "-t", "5", "-b", "100M"]);
+    // A broken connection can leave iperf3 waiting for ever: it gets 20 s.
+    let transfer = lab.spawn_exec(
+        "cli",
+        &[
+            "timeout", "20", "iperf3", "-c", &ip, "-t", "5", "-b", "100M",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<String> = ["node-1", "node-2"]
         .iter()
