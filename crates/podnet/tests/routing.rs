@@ -27,10 +27,6 @@ fn node_ip(lab: &Lab, node: &str) -> String {
         .to_string()
 }
 
-fn get(lab: &Lab, from: &str, url: &str) -> String {
-    stdout(&lab.exec(from, &["podnet", "probe", "get", "--timeout", "2s", url]))
-}
-
 /// A server on the external host, until dropped.
 struct External(Child);
 
@@ -80,7 +76,7 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
             if i == j {
                 continue;
             }
-            let seen = get(&lab, from, &format!("http://{}:8080/clientip", ips[j]));
+            let seen = lab.get(from, &format!("http://{}:8080/clientip", ips[j]));
             assert!(
                 seen.starts_with(&format!("{}:", ips[i])),
                 "{backend}: {from} -> {to} was seen as {seen:?}"
@@ -102,13 +98,7 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
             );
         }
     }
-    let node = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_node-1", lab.name))
-        .expect("node-1's namespace");
-    let flows = |protocol| {
-        node.run(|| podnet_kernel::Conntrack::open().and_then(|mut c| c.flows(protocol)))
-            .expect("enter node-1")
-            .expect("list node-1's flows")
-    };
+    let flows = |protocol| lab.flows("node-1", protocol);
     // Conntrack sees the pods' connections whole, as they were opened: an entry that
     // starts at the server means one direction skipped conntrack, and then every packet
     // of the other direction is INVALID to it.
@@ -145,11 +135,7 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
         );
     }
     // A node reaches a pod on another node and the pod sees the node's address.
-    let seen = get(
-        &lab,
-        "node/node-1",
-        &format!("http://{}:8080/clientip", ips[2]),
-    );
+    let seen = lab.get("node/node-1", &format!("http://{}:8080/clientip", ips[2]));
     assert!(
         seen.starts_with(&format!("{}:", node_ip(&lab, "node-1"))),
         "{backend}: node-1 -> p3 seen as {seen:?}"
@@ -157,7 +143,7 @@ fn pods_on_three_nodes_reach_each_other(backend: &str) {
     // Leaving the cluster, a pod is its node.
     let _external = External::start(&lab);
     let seen = eventually(Duration::from_secs(5), || {
-        let s = get(&lab, "p2", "http://198.51.100.1:8080/clientip");
+        let s = lab.get("p2", "http://198.51.100.1:8080/clientip");
         (!s.is_empty() && !s.contains("error")).then_some(s)
     })
     .expect("the external host answers");
@@ -190,7 +176,7 @@ fn nodes_join_and_leave(backend: &str) {
     lab.wait_ready("pod/c", "30s");
     let (a, c) = (lab.pod_ip("a"), lab.pod_ip("c"));
     let seen = eventually(Duration::from_secs(2), || {
-        let s = get(&lab, "a", &format!("http://{c}:8080/clientip"));
+        let s = lab.get("a", &format!("http://{c}:8080/clientip"));
         s.starts_with(&format!("{a}:")).then_some(s)
     });
     assert!(
@@ -412,7 +398,9 @@ fn routed_underlay_vxlan_works_and_host_gw_says_why_not() {
     lab.wait_ready("pod/a", "30s");
     lab.wait_ready("pod/b", "30s");
     let (a, b) = (lab.pod_ip("a"), lab.pod_ip("b"));
-    assert!(get(&lab, "a", &format!("http://{b}:8080/clientip")).starts_with(&format!("{a}:")));
+    assert!(lab
+        .get("a", &format!("http://{b}:8080/clientip"))
+        .starts_with(&format!("{a}:")));
     drop(lab);
 
     let lab = Lab::up(2, &["--backend", "host-gw", "--underlay", "routed"]);

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, stdout, Lab, PODNET};
+use common::{eventually, stdout, Lab, IPERF_BEHIND_A_SERVICE, PODNET};
 use serde_json::Value;
 
 /// A Deployment `web` of `replicas` probe servers (HTTP 8080, UDP 5353) behind Service
@@ -363,28 +363,7 @@ endpoints: [{{addresses: ["{backend}"], conditions: {{ready: true}}}}]
 #[test]
 fn restarting_agents_keeps_established_service_connections() {
     let lab = Lab::up(2, &[]);
-    lab.apply(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: srv, labels: {app: iperf}}
-spec:
-  nodeName: node-2
-  containers: [{name: s, command: [iperf3, -s]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: iperf}
-spec: {selector: {app: iperf}, ports: [{port: 5201}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cli}
-spec:
-  nodeName: node-1
-  containers: [{name: c, command: [sleep, infinity]}]
-"#,
-    );
+    lab.apply(IPERF_BEHIND_A_SERVICE);
     lab.wait_ready("pod/srv", "30s");
     lab.wait_ready("pod/cli", "30s");
     let ip = cluster_ip(&lab, "iperf");

@@ -7,9 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, stdout, Lab};
+use common::{eventually, stdout, Lab, IPERF_BEHIND_A_SERVICE};
 use podnet_kernel::conntrack::{Flow, PROTO_TCP, PROTO_UDP};
 
+/// Next to the iperf3 Service: `peer` (node-2) serves HTTP and UDP echo, `near` (node-1)
+/// HTTP behind Service `near`.
 const PODS: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -31,38 +33,7 @@ kind: Service
 metadata: {name: near}
 spec: {selector: {app: near}, ports: [{port: 80, targetPort: 8080}]}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: srv, labels: {app: iperf}}
-spec:
-  nodeName: node-2
-  containers: [{name: s, command: [iperf3, -s]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: iperf}
-spec: {selector: {app: iperf}, ports: [{port: 5201}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cli}
-spec:
-  nodeName: node-1
-  containers: [{name: c, command: [sleep, infinity]}]
 "#;
-
-fn get(lab: &Lab, from: &str, url: &str) -> String {
-    stdout(&lab.exec(from, &["podnet", "probe", "get", "--timeout", "2s", url]))
-}
-
-/// A node's conntrack flows of `protocol`.
-fn flows(lab: &Lab, node: &str, protocol: u8) -> Vec<Flow> {
-    let ns = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_{node}", lab.name))
-        .expect("the node's namespace");
-    ns.run(|| podnet_kernel::Conntrack::open().and_then(|mut c| c.flows(protocol)))
-        .expect("enter the node")
-        .expect("list the node's flows")
-}
 
 /// Whether a flow is between `a` and `b:port`, in either direction.
 fn between(f: &Flow, a: &str, b: &str, port: u16) -> bool {
@@ -74,7 +45,7 @@ fn between(f: &Flow, a: &str, b: &str, port: u16) -> bool {
 #[test]
 fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
     let lab = Lab::up(2, &["--untracked-pod-traffic"]);
-    lab.apply(PODS);
+    lab.apply(&format!("{PODS}{IPERF_BEHIND_A_SERVICE}"));
     for pod in ["peer", "near", "srv", "cli"] {
         lab.wait_ready(&format!("pod/{pod}"), "30s");
     }
@@ -101,7 +72,7 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
         );
     }
     // Pod to pod across nodes, TCP and UDP: no NAT, and no conntrack entry on either node.
-    let seen = get(&lab, "cli", &format!("http://{peer}:8080/clientip"));
+    let seen = lab.get("cli", &format!("http://{peer}:8080/clientip"));
     assert!(
         seen.starts_with(&format!("{cli}:")),
         "cli -> peer seen as {seen:?}"
@@ -116,7 +87,8 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
     );
     for node in ["node-1", "node-2"] {
         for (protocol, port) in [(PROTO_TCP, 8080), (PROTO_UDP, 5353)] {
-            let tracked: Vec<Flow> = flows(&lab, node, protocol)
+            let tracked: Vec<Flow> = lab
+                .flows(node, protocol)
                 .into_iter()
                 .filter(|f| between(f, &cli, &peer, port))
                 .collect();
@@ -138,7 +110,7 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
         "firewall: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen = get(&lab, "node/node-1", &format!("http://{near}:8080/clientip"));
+    let seen = lab.get("node/node-1", &format!("http://{near}:8080/clientip"));
     assert!(
         !seen.is_empty() && !seen.contains("error"),
         "node-1 -> near through a ct-state firewall: {seen:?}"
@@ -184,7 +156,8 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
     );
     // It was translated, and tracked whole, on the client's node.
     let srv = lab.pod_ip("srv");
-    let translated = flows(&lab, "node-1", PROTO_TCP)
+    let translated = lab
+        .flows("node-1", PROTO_TCP)
         .into_iter()
         .any(|f| f.original.dst.to_string() == ip && f.reply.src.to_string() == srv);
     assert!(

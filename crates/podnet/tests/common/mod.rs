@@ -15,6 +15,29 @@ use serde_json::Value;
 
 pub const PODNET: &str = env!("CARGO_BIN_EXE_podnet");
 
+/// An iperf3 server `srv` on node-2 behind Service `iperf` (port 5201), and a client pod
+/// `cli` on node-1.
+pub const IPERF_BEHIND_A_SERVICE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, labels: {app: iperf}}
+spec:
+  nodeName: node-2
+  containers: [{name: s, command: [iperf3, -s]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: iperf}
+spec: {selector: {app: iperf}, ports: [{port: 5201}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli}
+spec:
+  nodeName: node-1
+  containers: [{name: c, command: [sleep, infinity]}]
+"#;
+
 /// The plugin binary must sit next to `podnet` (the lab finds it there).
 fn ensure_plugin_built() {
     static BUILT: Once = Once::new();
@@ -137,6 +160,20 @@ impl Lab {
     pub fn pod(&self, name: &str) -> Value {
         let out = self.ok(&["get", "pods", name, "-o", "json"]);
         serde_json::from_str(&out).expect("json")
+    }
+
+    /// An HTTP GET from `from` (a pod, or node/NAME) with the built-in client; its output.
+    pub fn get(&self, from: &str, url: &str) -> String {
+        stdout(&self.exec(from, &["podnet", "probe", "get", "--timeout", "2s", url]))
+    }
+
+    /// A node's conntrack flows of L4 `protocol`.
+    pub fn flows(&self, node: &str, protocol: u8) -> Vec<podnet_kernel::conntrack::Flow> {
+        let ns = podnet_kernel::NetNs::open_named(&format!("pnlab_{}_{node}", self.name))
+            .unwrap_or_else(|e| panic!("{node}'s namespace: {e}"));
+        ns.run(|| podnet_kernel::Conntrack::open().and_then(|mut c| c.flows(protocol)))
+            .unwrap_or_else(|e| panic!("enter {node}: {e}"))
+            .unwrap_or_else(|e| panic!("list {node}'s flows: {e}"))
     }
 
     pub fn pod_ip(&self, name: &str) -> String {
