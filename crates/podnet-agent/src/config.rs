@@ -140,5 +140,7 @@ mod tests {
         assert_eq!(c.vni, Some(1));
         assert_eq!(c.cluster_cidr, "10.244.0.0/16".parse().ok());
         assert_eq!(FileConfig::parse("").expect("empty"), FileConfig::default());
+        let untracked = FileConfig::parse("untrackedPodTraffic: true\n").expect("parse");
+        assert_eq!(untracked.untracked_pod_traffic, Some(true));
     }
 }
