@@ -126,12 +126,7 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
     );
 
     // A Service connection outlives its Service: its replies keep their reverse NAT.
-    let service = lab.ok(&["get", "services", "iperf", "-o", "json"]);
-    let service: serde_json::Value = serde_json::from_str(&service).expect("json");
-    let ip = service["spec"]["clusterIP"]
-        .as_str()
-        .expect("cluster IP")
-        .to_string();
+    let ip = lab.cluster_ip("iperf");
     assert!(
         eventually(Duration::from_secs(5), || (lab.slice_ips("iperf").len()
             == 1)
@@ -140,11 +135,7 @@ fn untracked_pod_traffic_skips_conntrack_and_keeps_translated_flows_whole() {
         "the Service has its endpoint"
     );
     std::thread::sleep(Duration::from_millis(500));
-    // A broken connection can leave iperf3 waiting for ever: it gets 20 s.
-    let transfer = lab.spawn_exec(
-        "cli",
-        &["timeout", "20", "iperf3", "-c", &ip, "-t", "6", "-b", "50M"],
-    );
+    let transfer = lab.spawn_transfer("cli", &ip, "6", "50M");
     std::thread::sleep(Duration::from_millis(1500));
     lab.ok(&["delete", "service/iperf"]);
     let out = transfer.wait_with_output().expect("iperf3");

@@ -162,6 +162,33 @@ impl Lab {
         serde_json::from_str(&out).expect("json")
     }
 
+    /// A Service's ClusterIP.
+    pub fn cluster_ip(&self, service: &str) -> String {
+        let out = self.ok(&["get", "services", service, "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).expect("get -o json is JSON");
+        v["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_else(|| panic!("service {service} has no cluster IP"))
+            .to_string()
+    }
+
+    /// An iperf3 transfer from pod `from` to `to` (`seconds` long, at `rate`), under a
+    /// 20 s timeout: a broken connection can leave iperf3 waiting for ever.
+    pub fn spawn_transfer(
+        &self,
+        from: &str,
+        to: &str,
+        seconds: &str,
+        rate: &str,
+    ) -> std::process::Child {
+        self.spawn_exec(
+            from,
+            &[
+                "timeout", "20", "iperf3", "-c", to, "-t", seconds, "-b", rate,
+            ],
+        )
+    }
+
     /// An HTTP GET from `from` (a pod, or node/NAME) with the built-in client; its output.
     pub fn get(&self, from: &str, url: &str) -> String {
         stdout(&self.exec(from, &["podnet", "probe", "get", "--timeout", "2s", url]))
