@@ -7,6 +7,9 @@ use podnet_cni::spec::NodeConfig;
 use podnet_model::k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Value};
 
+/// The conflist's file name in the CNI config directory.
+pub const CONFLIST: &str = "10-podnet.conflist";
+
 /// The network name in the conflist (and so the IPAM directory name).
 pub const NETWORK: &str = "podnet";
 
@@ -28,10 +31,17 @@ pub fn node_file(subnet: Ipv4Net, mtu: u32) -> NodeConfig {
     }
 }
 
+/// The CNI version of the conflist. 1.0.0, not 1.1.0: libcni before 1.2 (containerd
+/// 1.7.x, and Debian's golang-github-appc-cni-dev) refuses a 1.1.0 result with
+/// `unsupported CNI result version "1.1.0"`, so a node would go Ready and then fail every
+/// sandbox. 1.1.0 would only add STATUS and GC, which podnet-cni still answers when a
+/// runtime asks with a 1.1.0 config.
+pub const CNI_VERSION: &str = "1.0.0";
+
 /// The conflist: podnet-cni alone, reading subnet and MTU from the node file.
 pub fn conflist(bridge: &str, ipam_dir: &Path, node_file: &Path) -> Value {
     json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": CNI_VERSION,
         "name": NETWORK,
         "plugins": [{
             "type": "podnet-cni",
@@ -71,7 +81,7 @@ mod tests {
         );
         assert_eq!(
             c,
-            json!({"cniVersion": "1.1.0", "name": "podnet", "plugins": [{"type": "podnet-cni", "bridge": "podnet0",
+            json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "podnet-cni", "bridge": "podnet0",
                    "dataDir": "/var/lib/podnet/ipam", "nodeConfig": "/run/podnet/node.json"}]})
         );
         let f = serde_json::to_value(node_file("10.244.1.0/24".parse().expect("net"), 1450))

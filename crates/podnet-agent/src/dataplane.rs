@@ -71,29 +71,45 @@ impl Dataplane {
     /// checking becomes loose everywhere. Where it is off it stays off: loose checking is
     /// one more route lookup for every forwarded packet (1-2% of the CPU time of a round
     /// trip between pods on two nodes, in perf).
-    pub fn sysctls(&self, bridge_netfilter: bool) -> Result<(), DataplaneError> {
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| DataplaneError::Io { what, source }
-        };
-        sysctl::set("net.ipv4.ip_forward", "1").map_err(io("set net.ipv4.ip_forward"))?;
-        let all = sysctl::get("net.ipv4.conf.all.rp_filter")
-            .map_err(io("read net.ipv4.conf.all.rp_filter"))?;
-        let strict = sysctl::strict_rp_filter().map_err(io("read net.ipv4.conf.*.rp_filter"))?;
-        // A device's value counts only up to `all`'s (the kernel takes the larger).
-        if all != "2" && !strict.is_empty() {
-            tracing::info!(
-                "strict reverse-path checking on {}: making it loose (net.ipv4.conf.all.rp_filter=2)",
-                strict.join(", ")
-            );
-            sysctl::set("net.ipv4.conf.all.rp_filter", "2")
-                .map_err(io("set net.ipv4.conf.all.rp_filter"))?;
+    ///
+    /// Only forwarding is required: without it no pod traffic passes the node (an error).
+    /// The others are improvements, and a failure to set them (a read-only /proc/sys in a
+    /// container that is not privileged: set them in the privileged init container) is a
+    /// warning in the returned list, never fatal. podnet's rules work with br_netfilter on.
+    pub fn sysctls(&self, bridge_netfilter: bool) -> Result<Vec<String>, DataplaneError> {
+        sysctl::set("net.ipv4.ip_forward", "1").map_err(|source| DataplaneError::Io {
+            what: "enable forwarding (net.ipv4.ip_forward=1; set it in the privileged init container if /proc/sys is read-only here)".into(),
+            source,
+        })?;
+        let mut warnings = Vec::new();
+        match (
+            sysctl::get("net.ipv4.conf.all.rp_filter"),
+            sysctl::strict_rp_filter(),
+        ) {
+            // A device's value counts only up to `all`'s (the kernel takes the larger).
+            (Ok(all), Ok(strict)) if all != "2" && !strict.is_empty() => {
+                tracing::info!(
+                    "strict reverse-path checking on {}: making it loose (net.ipv4.conf.all.rp_filter=2)",
+                    strict.join(", ")
+                );
+                if let Err(e) = sysctl::set("net.ipv4.conf.all.rp_filter", "2") {
+                    warnings.push(format!(
+                        "{e}: strict reverse-path checking may drop replies between nodes' pods"
+                    ));
+                }
+            }
+            (Ok(_), Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) => warnings.push(format!("{e}")),
         }
         let bridge_nf = if bridge_netfilter { "1" } else { "0" };
         for k in sysctl::BRIDGE_NF_CALL {
-            sysctl::set_if_present(k, bridge_nf).map_err(io(&format!("set {k}")))?;
+            if let Err(e) = sysctl::set_if_present(k, bridge_nf) {
+                warnings.push(format!(
+                    "{e}: bridged pod traffic keeps passing the IP netfilter hooks (slower, still correct)"
+                ));
+            }
         }
-        Ok(())
+        Ok(warnings)
     }
 
     /// The underlay: the device holding `node_ip`, its MTU and the networks it is on.

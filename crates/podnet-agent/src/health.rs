@@ -27,6 +27,8 @@ pub struct Health {
     /// Milliseconds since `started` of the loop's last round.
     last_tick: AtomicU64,
     ready: Mutex<Result<(), String>>,
+    /// What works, but not as well as it should (a sysctl podnet could not set).
+    warnings: Mutex<Vec<String>>,
     syncs: AtomicU64,
     sync_errors: AtomicU64,
     services: AtomicU64,
@@ -40,6 +42,7 @@ impl Default for Health {
             started: Instant::now(),
             last_tick: AtomicU64::new(0),
             ready: Mutex::new(Err("starting".into())),
+            warnings: Mutex::new(Vec::new()),
             syncs: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
             services: AtomicU64::new(0),
@@ -60,6 +63,17 @@ impl Health {
         if let Ok(mut r) = self.ready.lock() {
             *r = ready;
         }
+    }
+
+    /// Replaces the warnings `/readyz` lists below its verdict.
+    pub fn set_warnings(&self, warnings: Vec<String>) {
+        if let Ok(mut w) = self.warnings.lock() {
+            *w = warnings;
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     pub fn is_ready(&self) -> Result<(), String> {
@@ -97,12 +111,18 @@ impl Health {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let ready = u8::from(self.is_ready().is_ok());
-        let rows: [(&str, &str, &str, f64); 6] = [
+        let rows: [(&str, &str, &str, f64); 7] = [
             (
                 "podnet_ready",
                 "gauge",
                 "1 when the node's network is configured",
                 f64::from(ready),
+            ),
+            (
+                "podnet_warnings",
+                "gauge",
+                "things that work, but not as configured (listed on /readyz)",
+                self.warnings().len() as f64,
             ),
             (
                 "podnet_syncs_total",
@@ -151,7 +171,13 @@ impl Health {
         };
         match path {
             "/healthz" | "/livez" => check(self.alive()),
-            "/readyz" => check(self.alive().and_then(|()| self.is_ready())),
+            "/readyz" => {
+                let (code, mut body) = check(self.alive().and_then(|()| self.is_ready()));
+                for w in self.warnings() {
+                    let _ = writeln!(body, "warning: {w}");
+                }
+                (code, body)
+            }
             "/metrics" => (StatusCode::OK, self.metrics()),
             _ => (
                 StatusCode::NOT_FOUND,
@@ -220,6 +246,18 @@ mod tests {
         h.set_ready(Ok(()));
         assert_eq!(h.answer("/readyz").0, StatusCode::OK);
         assert_eq!(h.answer("/nope").0, StatusCode::NOT_FOUND);
+        // A warning is said, and does not make the node unready.
+        h.set_warnings(vec![
+            "sysctl net.bridge.bridge-nf-call-iptables=0: read-only".into(),
+        ]);
+        assert_eq!(
+            h.answer("/readyz"),
+            (
+                StatusCode::OK,
+                "ok\nwarning: sysctl net.bridge.bridge-nf-call-iptables=0: read-only\n".into()
+            )
+        );
+        assert!(h.metrics().contains("podnet_warnings 1\n"));
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub enum AgentError {
 /// dataplane is left as it is meanwhile (and when the agent stops), so traffic flows on.
 pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentError> {
     let mut dp = Dataplane::new()?;
-    dp.sysctls(config.bridge_netfilter)?;
+    remove_stale_conflist(config)?;
+    let mut sysctls_set = false;
     let mut backoff = Duration::from_millis(100);
     let mut written: Option<String> = None;
     let mut last_nft_check = Instant::now();
@@ -189,6 +190,21 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 }
             }
         }
+        if !sysctls_set {
+            match dp.sysctls(config.bridge_netfilter) {
+                Ok(warnings) => {
+                    for w in &warnings {
+                        tracing::warn!("{w}");
+                    }
+                    health.set_warnings(warnings);
+                    sysctls_set = true;
+                }
+                Err(e) => {
+                    readiness.not(e.to_string());
+                    continue;
+                }
+            }
+        }
         let underlay = match dp.underlay(me.ip) {
             Ok(u) => u,
             Err(e) => {
@@ -287,7 +303,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             write_atomic(&config.node_file, file.as_bytes())?;
             let conflist =
                 cni_config::conflist(&config.bridge, &config.ipam_dir, &config.node_file);
-            let path = config.cni_dir.join("10-podnet.conflist");
+            let path = config.cni_dir.join(cni_config::CONFLIST);
             write_atomic(
                 &path,
                 serde_json::to_string_pretty(&conflist)
@@ -300,6 +316,31 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         if mtu.is_ok() {
             readiness.ready();
         }
+    }
+}
+
+/// After a reboot the conflist (on disk) survives while the node file (on tmpfs) is gone:
+/// the kubelet would report the node Ready while every ADD fails. So a conflist without a
+/// node file goes at start; the loop writes both again once the node is synced.
+fn remove_stale_conflist(config: &AgentConfig) -> Result<(), AgentError> {
+    let conflist = config.cni_dir.join(cni_config::CONFLIST);
+    if config.node_file.exists() || !conflist.exists() {
+        return Ok(());
+    }
+    match fs::remove_file(&conflist) {
+        Ok(()) => {
+            tracing::info!(
+                "removed {} (its node file {} is gone, as after a reboot); the node is Ready again once synced",
+                conflist.display(),
+                config.node_file.display()
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::Write {
+            path: conflist.display().to_string(),
+            source,
+        }),
     }
 }
 

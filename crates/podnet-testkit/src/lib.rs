@@ -206,3 +206,29 @@ pub fn udp_ask_source(ns: &NetNs, server: SocketAddr) -> std::io::Result<String>
         format!("no UDP answer from {server}"),
     ))
 }
+
+/// Builds (once per test process) `tests/libcni-client`, the Go program that drives CNI
+/// plugins through libcni as containerd, CRI-O and Podman do, into `out_dir` (a test's
+/// `CARGO_TARGET_TMPDIR`); returns its path. Needs Debian's golang-go and
+/// golang-github-appc-cni-dev (GOPATH mode: no module download).
+pub fn libcni_client(out_dir: &Path) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let out = out_dir.join("libcni-client");
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg("./tests/libcni-client")
+                .current_dir(&root)
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOCACHE", out_dir.join("gocache"))
+                .status()
+                .expect("run `go` (install golang-go and golang-github-appc-cni-dev)");
+            assert!(status.success(), "building the libcni client failed");
+            out
+        })
+        .clone()
+}

@@ -7,6 +7,8 @@
 //! endpoints and CNI config, its Node annotations, and that it calls nothing the
 //! DaemonSet's ClusterRole does not grant.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
@@ -40,7 +42,7 @@ struct Node {
     api: FakeApiServer,
     ns: NetNs,
     dir: PathBuf,
-    _fx: Fixture,
+    fx: Fixture,
 }
 
 fn run_in(ns: &NetNs, args: &[&str]) -> String {
@@ -167,11 +169,16 @@ impl Node {
             api,
             ns,
             dir,
-            _fx: fx,
+            fx,
         }
     }
 
     fn start_agent(&mut self, backend: &str) {
+        self.start_agent_wrapped(backend, &[]);
+    }
+
+    /// Starts the agent through `wrapper` (a command that ends by running its arguments).
+    fn start_agent_wrapped(&mut self, backend: &str, wrapper: &[&str]) {
         let kubeconfig = self.dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -189,8 +196,12 @@ impl Node {
         .expect("write config");
         let log = std::fs::File::create(self.dir.join("agent.log")).expect("agent log");
         let d = |p: &str| self.dir.join(p).display().to_string();
+        let (program, before) = match wrapper.split_first() {
+            Some((first, rest)) => (*first, [rest, &[PODNET]].concat()),
+            None => (PODNET, vec![]),
+        };
         let child = in_netns(
-            Command::new(PODNET).args([
+            Command::new(program).args(before).args([
                 "agent",
                 "--source",
                 "kubernetes",
@@ -287,6 +298,11 @@ impl Node {
         .output()
         .expect("run nft");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The agent's process.
+    fn agent_child(&mut self) -> &mut Child {
+        &mut self.agent.as_mut().expect("the agent runs").0
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Node) -> bool) {
@@ -597,5 +613,175 @@ fn install_cni_replaces_the_plugin_atomically() {
     assert_eq!(
         std::fs::metadata(&plugin).expect("still there").ino(),
         second.ino()
+    );
+}
+
+/// containerd 1.7 vendors libcni 1.1.2, as Debian does: it knows results up to 1.0.0 and
+/// fails every sandbox of a 1.1.0 conflist ("unsupported CNI result version"). The
+/// conflist the agent really writes works through it.
+#[test]
+fn the_conflist_the_agent_writes_works_with_debian_libcni() {
+    common::ensure_plugin_built();
+    let mut n = Node::new("k8scni");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.start_agent("host-gw");
+    let conflist = n.dir.join("net.d/10-podnet.conflist");
+    n.wait_for("the CNI config", Duration::from_secs(20), |n| {
+        n.dir.join("net.d/10-podnet.conflist").exists()
+    });
+    let pod = n.fx.netns("pod");
+    let client = podnet_testkit::libcni_client(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let plugin_dir = std::path::Path::new(PODNET)
+        .parent()
+        .expect("podnet's directory")
+        .display()
+        .to_string();
+    let libcni = |verb: &str| {
+        let out = in_netns(
+            Command::new(&client)
+                .args(["-cni-path", &plugin_dir, "-conflist"])
+                .arg(&conflist)
+                .arg("-cache-dir")
+                .arg(n.dir.join("libcni-cache"))
+                .args([verb, "-netns"])
+                .arg(pod.path())
+                .args(["-id", "ctr-agent-conflist"]),
+            &n.ns,
+        )
+        .output()
+        .expect("run the libcni client");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, add) = libcni("add");
+    assert!(ok, "ADD through libcni with the agent's conflist: {add}");
+    let result: Value = serde_json::from_str(&add).expect("the ADD result is JSON");
+    assert_eq!(result["cniVersion"], "1.0.0", "{add}");
+    let ip = result["ips"][0]["address"].as_str().unwrap_or_default();
+    assert!(
+        ip.starts_with("10.244.1."),
+        "an address of the node's pod CIDR: {add}"
+    );
+    let (ok, del) = libcni("del");
+    assert!(ok, "DEL through libcni: {del}");
+}
+
+/// After a reboot the conflist (on disk) is there and the node file (on tmpfs) is not:
+/// the agent removes the conflist at once, so the kubelet does not report the node Ready
+/// while every ADD would fail, and writes it again once the node is synced.
+#[test]
+fn a_conflist_left_from_before_a_reboot_goes_until_the_node_is_synced() {
+    let mut n = Node::new("k8sboot");
+    n.api
+        .apply("nodes", node_object("node-1", "192.0.2.11", None));
+    let conflist = n.dir.join("net.d/10-podnet.conflist");
+    std::fs::create_dir_all(n.dir.join("net.d")).expect("mkdir net.d");
+    std::fs::write(&conflist, "{\"cniVersion\": \"1.0.0\", \"name\": \"podnet\", \"plugins\": [{\"type\": \"podnet-cni\"}]}")
+        .expect("write a conflist");
+    n.start_agent("host-gw");
+    n.wait_for("the stale conflist removed", Duration::from_secs(10), |n| {
+        !n.dir.join("net.d/10-podnet.conflist").exists()
+    });
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.wait_for("the conflist written again", Duration::from_secs(10), |n| {
+        n.dir.join("net.d/10-podnet.conflist").exists() && n.dir.join("node.json").exists()
+    });
+}
+
+/// The kubelet stops the agent with SIGTERM (PID 1 in its container): it exits within a
+/// second, and leaves the dataplane in place.
+#[test]
+fn sigterm_ends_the_agent_within_a_second_and_leaves_the_dataplane() {
+    let mut n = Node::new("k8sterm");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.api.apply(
+        "nodes",
+        node_object("node-2", "192.0.2.12", Some("10.244.2.0/24")),
+    );
+    n.start_agent("host-gw");
+    n.wait_for("ready", Duration::from_secs(20), |n| {
+        n.health("/readyz").is_some_and(|h| h.0 == 200)
+    });
+    let pid = nix::unistd::Pid::from_raw(n.agent_child().id() as i32);
+    let sent = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+    let status = loop {
+        if let Some(status) = n.agent_child().try_wait().expect("wait for the agent") {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "the agent still runs a second after SIGTERM\n{}",
+            n.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(has_route(&n, "10.244.2.0/24", "192.0.2.12"), "routes stay");
+    assert!(
+        n.nft_map("service-ips").contains("map service-ips"),
+        "the table stays"
+    );
+}
+
+/// In a container that is not privileged /proc/sys is read-only. With br_netfilter
+/// loaded (bridge-nf-call-* at 1, as kubeadm hosts have it) the agent cannot turn the
+/// bridge hooks off: it says so on /readyz, and runs on, ready.
+#[test]
+fn a_read_only_proc_sys_is_a_warning_not_a_crash() {
+    let mut n = Node::new("k8sro");
+    if !std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        eprintln!("br_netfilter is not loaded on this machine: nothing to refuse");
+        return;
+    }
+    // What the privileged init container does.
+    run_in(&n.ns, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables"]);
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.start_agent_wrapped(
+        "host-gw",
+        &[
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"",
+            "sh",
+        ],
+    );
+    n.wait_for(
+        "ready, with the sysctl it could not set named",
+        Duration::from_secs(20),
+        |n| {
+            n.health("/readyz").is_some_and(|(code, body)| {
+                code == 200 && body.contains("warning: sysctl net.bridge.bridge-nf-call-iptables=0")
+            })
+        },
+    );
+    assert!(
+        n.agent_child().try_wait().expect("wait").is_none(),
+        "the agent keeps running"
+    );
+    let metrics = n.health("/metrics").map(|m| m.1).unwrap_or_default();
+    assert!(
+        metrics.contains("podnet_warnings 3"),
+        "one warning per bridge-nf-call sysctl: {metrics}"
     );
 }

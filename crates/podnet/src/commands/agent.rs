@@ -91,6 +91,7 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    exit_on_termination()?;
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -172,4 +173,29 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     podnet_agent::run(&config, source.as_mut())
         .with_context(|| format!("agent of node {}", args.node))
+}
+
+/// SIGTERM (the kubelet stopping the pod; PID 1 in a container has no default action for
+/// it) and SIGINT end the agent at once, with the dataplane left in place: routes, the
+/// VXLAN device and the nftables table stay in the kernel and traffic keeps flowing until
+/// the next agent takes over. Nothing needs finishing first: files are replaced by rename
+/// and each nftables transaction is atomic. The signals are blocked before any thread
+/// starts (threads inherit the mask), so only the waiting thread receives them.
+fn exit_on_termination() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .context("blocking SIGTERM and SIGINT for the signal thread")?;
+    std::thread::Builder::new()
+        .name("podnet-signals".into())
+        .spawn(move || {
+            let signal = set.wait();
+            let name = signal.map(|s| s.as_str()).unwrap_or("a signal");
+            tracing::info!("{name}: exiting; the dataplane stays in place");
+            std::process::exit(0);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }

@@ -39,7 +39,7 @@ spec:
 "#;
 
 /// The plugin binary must sit next to `podnet` (the lab finds it there).
-fn ensure_plugin_built() {
+pub fn ensure_plugin_built() {
     static BUILT: Once = Once::new();
     BUILT.call_once(|| {
         let plugin = Path::new(PODNET).with_file_name("podnet-cni");
