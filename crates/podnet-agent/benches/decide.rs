@@ -88,6 +88,7 @@ fn main() {
             underlay: None,
             local_pods: None,
             untracked_pods: false,
+            service_proxy: true,
         });
         proxy.set_nodes(&nodes);
         let t = Instant::now();

@@ -1,7 +1,8 @@
 //! The agent's config file (`podnet agent --config FILE`, the DaemonSet's ConfigMap).
 //! Its keys are a contract: `backend`, `clusterCIDR`, `serviceCIDR`, `mtu`, `vni`, and
 //! also `vxlanPort`, `directRouting` and `untrackedPodTraffic`; each has a flag of the
-//! same meaning, and a flag given on the command line wins over the file.
+//! same meaning, and a flag given on the command line wins over the file. `apiServers`
+//! and `serviceProxy` extend them.
 
 use std::path::Path;
 
@@ -24,6 +25,12 @@ pub struct FileConfig {
     pub direct_routing: Option<bool>,
     /// Pod-to-pod flows that no Service translates skip conntrack.
     pub untracked_pod_traffic: Option<bool>,
+    /// The API servers' own addresses (`https://192.168.1.10:6443`), tried in turn: with
+    /// kube-proxy removed, the `kubernetes` Service's ClusterIP works only once podnet
+    /// proxies Services, which needs the API first.
+    pub api_servers: Option<Vec<String>>,
+    /// `false`: podnet leaves Services to kube-proxy (no Service rules, no Service watches).
+    pub service_proxy: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,7 +59,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("agent config {path}: {message}; the keys are backend, clusterCIDR, serviceCIDR, mtu, vni, vxlanPort, directRouting and untrackedPodTraffic")]
+    #[error("agent config {path}: {message}; the keys are backend, clusterCIDR, serviceCIDR, mtu, vni, vxlanPort, directRouting, untrackedPodTraffic, apiServers and serviceProxy")]
     Parse { path: String, message: String },
 }
 
@@ -95,6 +102,8 @@ impl FileConfig {
             vxlan_port: flags.vxlan_port.or(self.vxlan_port),
             direct_routing: flags.direct_routing.or(self.direct_routing),
             untracked_pod_traffic: flags.untracked_pod_traffic.or(self.untracked_pod_traffic),
+            api_servers: flags.api_servers.or(self.api_servers),
+            service_proxy: flags.service_proxy.or(self.service_proxy),
         }
     }
 }
@@ -142,5 +151,19 @@ mod tests {
         assert_eq!(FileConfig::parse("").expect("empty"), FileConfig::default());
         let untracked = FileConfig::parse("untrackedPodTraffic: true\n").expect("parse");
         assert_eq!(untracked.untracked_pod_traffic, Some(true));
+        let k = FileConfig::parse(
+            "apiServers: [https://192.168.1.10:6443, https://192.168.1.11:6443]\nserviceProxy: false\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            k.api_servers.as_deref(),
+            Some(
+                &[
+                    "https://192.168.1.10:6443".to_string(),
+                    "https://192.168.1.11:6443".to_string()
+                ][..]
+            )
+        );
+        assert_eq!(k.service_proxy, Some(false));
     }
 }

@@ -38,6 +38,9 @@ pub struct TableConfig {
     /// `untrackedPodTraffic`). Set once `nat-endpoints` holds every endpoint that
     /// conntrack may have translated a flow to, and effective once `local_pods` is known.
     pub untracked_pods: bool,
+    /// Whether podnet proxies Services; without (`serviceProxy: false`, kube-proxy does),
+    /// no hooked chain looks at Service traffic.
+    pub service_proxy: bool,
 }
 
 #[cfg(test)]
@@ -50,6 +53,7 @@ impl TableConfig {
             underlay: None,
             local_pods: None,
             untracked_pods: false,
+            service_proxy: true,
         }
     }
 }
@@ -181,6 +185,21 @@ pub fn base(c: &TableConfig) -> String {
     if let (true, Some(local)) = (c.untracked_pods, c.local_pods) {
         notrack.push_str(&untracked_pods(cluster_cidr, local));
     }
+    let service_hooks = if c.service_proxy {
+        ["prerouting", "output"]
+            .map(|hook| {
+                format!(
+                    "\tchain nat-{hook} {{\n\
+                     \t\ttype nat hook {hook} priority -100; policy accept;\n\
+                     \t\tjump services-reject\n\
+                     \t\tjump services\n\
+                     \t}}\n"
+                )
+            })
+            .concat()
+    } else {
+        String::new()
+    };
     let mut s = format!("table inet {TABLE} {{\n");
     s.push_str(&notrack);
     for (name, ty) in SETS {
@@ -204,16 +223,7 @@ pub fn base(c: &TableConfig) -> String {
          \t\tfib daddr type local meta l4proto . th dport @nodeport-masquerade meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
          \t\tfib daddr type local meta l4proto . th dport vmap @service-nodeports\n\
          \t}}\n\
-         \tchain nat-prerouting {{\n\
-         \t\ttype nat hook prerouting priority -100; policy accept;\n\
-         \t\tjump services-reject\n\
-         \t\tjump services\n\
-         \t}}\n\
-         \tchain nat-output {{\n\
-         \t\ttype nat hook output priority -100; policy accept;\n\
-         \t\tjump services-reject\n\
-         \t\tjump services\n\
-         \t}}\n\
+         {service_hooks}\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub bridge_netfilter: bool,
     /// Pod-to-pod flows that no Service translates skip conntrack (`untrackedPodTraffic`).
     pub untracked_pod_traffic: bool,
+    /// podnet proxies Services (`serviceProxy`; off where kube-proxy does).
+    pub service_proxy: bool,
     /// What the health endpoints report.
     pub health: Arc<Health>,
 }
@@ -95,6 +97,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         underlay: None,
         local_pods: None,
         untracked_pods: false,
+        service_proxy: config.service_proxy,
     });
     let mut last_translated_check: Option<Instant> = None;
     let mut synced = false;
@@ -158,7 +161,9 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         // Services: only those whose inputs changed are decided again.
         proxy.set_nodes(&node_ips);
         proxy.set_local_pods(me.pod_cidr);
-        let keys: Vec<Key> = if pending.all {
+        let keys: Vec<Key> = if !config.service_proxy {
+            Vec::new()
+        } else if pending.all {
             view.services
                 .keys()
                 .chain(proxy.services())

@@ -357,6 +357,7 @@ pub fn ruleset(
         underlay: None,
         local_pods: None,
         untracked_pods: false,
+        service_proxy: true,
     });
     proxy.set_nodes(node_ips);
     let infos: Vec<SliceInfo> = slices

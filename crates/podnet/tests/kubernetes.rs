@@ -35,6 +35,16 @@ impl Drop for Agent {
     }
 }
 
+/// How to start an agent: through `wrapper` (a command that ends by running its
+/// arguments), with its kubeconfig naming `server` instead of the fake API server, and
+/// extra `args`.
+#[derive(Default)]
+struct AgentOpts<'a> {
+    wrapper: &'a [&'a str],
+    server: Option<&'a str>,
+    args: &'a [&'a str],
+}
+
 /// One node (a namespace with an underlay interface), its agent and the API server.
 /// Fields drop in order: agent, then server, then the namespace.
 struct Node {
@@ -174,17 +184,25 @@ impl Node {
     }
 
     fn start_agent(&mut self, backend: &str) {
-        self.start_agent_wrapped(backend, &[]);
+        self.start_agent_with(backend, AgentOpts::default());
     }
 
-    /// Starts the agent through `wrapper` (a command that ends by running its arguments).
-    fn start_agent_wrapped(&mut self, backend: &str, wrapper: &[&str]) {
+    fn start_agent_with(&mut self, backend: &str, opts: AgentOpts<'_>) {
+        let AgentOpts {
+            wrapper,
+            server,
+            args,
+        } = opts;
+        if let Some(mut old) = self.agent.take() {
+            let _ = old.0.kill();
+            let _ = old.0.wait();
+        }
         let kubeconfig = self.dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: podnet\n  user:\n    token: not-a-secret\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: podnet\ncurrent-context: fake\n",
-                self.api.url()
+                server.map_or_else(|| self.api.url(), str::to_string)
             ),
         )
         .expect("write kubeconfig");
@@ -201,25 +219,28 @@ impl Node {
             None => (PODNET, vec![]),
         };
         let child = in_netns(
-            Command::new(program).args(before).args([
-                "agent",
-                "--source",
-                "kubernetes",
-                "--kubeconfig",
-                &d("kubeconfig"),
-                "--node",
-                "node-1",
-                "--config",
-                &d("config.yaml"),
-                "--health-addr",
-                "127.0.0.1:9099",
-                "--cni-conf-dir",
-                &d("net.d"),
-                "--node-file",
-                &d("node.json"),
-                "--ipam-dir",
-                &d("ipam"),
-            ]),
+            Command::new(program)
+                .args(before)
+                .args([
+                    "agent",
+                    "--source",
+                    "kubernetes",
+                    "--kubeconfig",
+                    &d("kubeconfig"),
+                    "--node",
+                    "node-1",
+                    "--config",
+                    &d("config.yaml"),
+                    "--health-addr",
+                    "127.0.0.1:9099",
+                    "--cni-conf-dir",
+                    &d("net.d"),
+                    "--node-file",
+                    &d("node.json"),
+                    "--ipam-dir",
+                    &d("ipam"),
+                ])
+                .args(args),
             &self.ns,
         )
         .env("RUST_LOG", "info")
@@ -755,16 +776,19 @@ fn a_read_only_proc_sys_is_a_warning_not_a_crash() {
         "nodes",
         node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
     );
-    n.start_agent_wrapped(
+    n.start_agent_with(
         "host-gw",
-        &[
-            "unshare",
-            "--mount",
-            "sh",
-            "-c",
-            "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"",
-            "sh",
-        ],
+        AgentOpts {
+            wrapper: &[
+                "unshare",
+                "--mount",
+                "sh",
+                "-c",
+                "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$@\"",
+                "sh",
+            ],
+            ..AgentOpts::default()
+        },
     );
     n.wait_for(
         "ready, with the sysctl it could not set named",
@@ -784,4 +808,92 @@ fn a_read_only_proc_sys_is_a_warning_not_a_crash() {
         metrics.contains("podnet_warnings 3"),
         "one warning per bridge-nf-call sysctl: {metrics}"
     );
+}
+
+/// With kube-proxy removed, the in-cluster address (the `kubernetes` Service's ClusterIP)
+/// answers nothing until podnet proxies Services: the agent says what to set. With
+/// apiServers, it finds the one that answers.
+#[test]
+fn without_kube_proxy_the_agent_finds_the_api_server_or_says_what_to_set() {
+    let mut n = Node::new("k8sapi");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    // Nothing serves this address in the node, as with a ClusterIP and no proxy.
+    let dead = "http://127.0.0.1:1";
+    n.start_agent_with(
+        "host-gw",
+        AgentOpts {
+            server: Some(dead),
+            ..AgentOpts::default()
+        },
+    );
+    n.wait_for(
+        "/readyz saying to set apiServers",
+        Duration::from_secs(20),
+        |n| {
+            n.health("/readyz").is_some_and(|(code, body)| {
+                code == 503
+                    && body.contains("http://127.0.0.1:1")
+                    && body.contains("set apiServers")
+            })
+        },
+    );
+    // Two addresses, the first dead: the agent moves on to the second.
+    let url = n.api.url();
+    n.start_agent_with(
+        "host-gw",
+        AgentOpts {
+            server: Some(dead),
+            args: &["--api-server", dead, "--api-server", &url],
+            ..AgentOpts::default()
+        },
+    );
+    n.wait_for(
+        "ready through the second API server",
+        Duration::from_secs(20),
+        |n| n.health("/readyz").is_some_and(|h| h.0 == 200),
+    );
+    assert!(n.log().contains("trying"), "{}", n.log());
+}
+
+/// `--no-service-proxy`: podnet runs beside kube-proxy, and leaves Services alone.
+#[test]
+fn beside_kube_proxy_the_agent_leaves_services_alone() {
+    let mut n = Node::new("k8snosvc");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    n.api
+        .apply("services", service_object("web", "10.96.0.20", 80));
+    n.start_agent_with(
+        "host-gw",
+        AgentOpts {
+            args: &["--no-service-proxy"],
+            ..AgentOpts::default()
+        },
+    );
+    n.wait_for("ready", Duration::from_secs(20), |n| {
+        n.health("/readyz").is_some_and(|h| h.0 == 200)
+    });
+    let table = run_in(&n.ns, &["nft", "list", "table", "inet", "podnet"]);
+    assert!(
+        table.contains("masquerade"),
+        "egress masquerade stays: {table}"
+    );
+    assert!(
+        !table.contains("hook prerouting") && !table.contains("hook output"),
+        "no chain looks at Service traffic: {table}"
+    );
+    assert!(!n.nft_map("service-ips").contains("10.96.0.20"));
+    let watched: Vec<String> = n
+        .api
+        .requests()
+        .iter()
+        .filter_map(|r| r.verb_and_resource().map(|v| v.1))
+        .filter(|r| r != "nodes")
+        .collect();
+    assert!(watched.is_empty(), "it called the API for {watched:?}");
 }

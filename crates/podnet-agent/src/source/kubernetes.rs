@@ -96,82 +96,190 @@ enum Step<K> {
 pub struct KubeSource {
     // Owns the watcher tasks: dropping the source stops them.
     runtime: tokio::runtime::Runtime,
+    /// One config per API server address to try, in turn.
+    endpoints: Vec<Config>,
+    /// Whether the addresses came from `apiServers` (else the in-cluster config or a
+    /// kubeconfig named one).
+    configured: bool,
+    current: usize,
     client: Client,
-    view: ClusterView,
-    /// `None` once the watchers have stopped.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    watch_services: bool,
+    tx: Sender<Msg>,
     events: Option<Receiver<Msg>>,
+    /// Since when every answer from the current API server was an error.
+    failing_since: Option<Instant>,
     nodes: Relist<Node>,
     services: Relist<Service>,
     slices: Relist<EndpointSlice>,
+    view: ClusterView,
     reported_synced: bool,
     last_error: Option<(String, Instant)>,
 }
 
+/// How long the API server in use may fail before the next address is tried.
+const FAILOVER_AFTER: Duration = Duration::from_secs(3);
+
 impl KubeSource {
     /// Connects with `kubeconfig`, or else the in-cluster config (the pod's service
     /// account, `KUBERNETES_SERVICE_HOST`/`PORT`), or else `$KUBECONFIG`/`~/.kube/config`.
-    pub fn connect(kubeconfig: Option<&Path>) -> Result<KubeSource, SourceError> {
+    /// `api_servers`, when given, replace the address that config names (its credentials
+    /// stay) and are tried in turn, moving on while one fails. Without `services` the
+    /// agent watches no Services or EndpointSlices (kube-proxy serves them).
+    pub fn connect(
+        kubeconfig: Option<&Path>,
+        api_servers: &[String],
+        services: bool,
+    ) -> Result<KubeSource, SourceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("podnet-kube")
             .enable_all()
             .build()
             .map_err(|e| SourceError(format!("starting the Kubernetes client's runtime: {e}")))?;
-        let client = runtime.block_on(async {
-            let config = match kubeconfig {
+        let base = runtime.block_on(async {
+            match kubeconfig {
                 Some(path) => {
                     let kc = Kubeconfig::read_from(path).map_err(|e| {
                         SourceError(format!("kubeconfig {}: {e}", path.display()))
                     })?;
                     Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                         .await
-                        .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))?
+                        .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))
                 }
                 None => Config::infer().await.map_err(|e| {
                     SourceError(format!(
                         "no Kubernetes API configuration ({e}); run in a pod with a service account, or pass --kubeconfig"
                     ))
-                })?,
-            };
-            Client::try_from(config)
-                .map_err(|e| SourceError(format!("building the Kubernetes client: {e}")))
+                }),
+            }
         })?;
+        let endpoints = if api_servers.is_empty() {
+            vec![base]
+        } else {
+            api_servers
+                .iter()
+                .map(|url| {
+                    let uri = url.parse().map_err(|e| {
+                        SourceError(format!(
+                            "apiServers: {url:?} is not a URL ({e}); write it as https://192.168.1.10:6443"
+                        ))
+                    })?;
+                    let mut c = base.clone();
+                    c.cluster_url = uri;
+                    Ok(c)
+                })
+                .collect::<Result<Vec<_>, SourceError>>()?
+        };
         let (tx, events) = channel();
-        {
-            let _entered = runtime.enter();
-            spawn_watch(
-                Api::<Node>::all(client.clone()),
-                watcher::Config::default(),
-                "nodes",
-                tx.clone(),
-                |e| Msg::Node(Box::new(e)),
-            );
-            spawn_watch(
+        let client = client_for(&runtime, &endpoints[0])?;
+        let mut source = KubeSource {
+            runtime,
+            endpoints,
+            configured: !api_servers.is_empty(),
+            current: 0,
+            client,
+            watchers: Vec::new(),
+            watch_services: services,
+            tx,
+            events: Some(events),
+            failing_since: None,
+            nodes: Relist::default(),
+            services: Relist {
+                items: None,
+                synced: !services,
+            },
+            slices: Relist {
+                items: None,
+                synced: !services,
+            },
+            view: ClusterView::default(),
+            reported_synced: false,
+            last_error: None,
+        };
+        source.start_watchers();
+        Ok(source)
+    }
+
+    fn server(&self) -> String {
+        self.endpoints[self.current].cluster_url.to_string()
+    }
+
+    fn start_watchers(&mut self) {
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+        let _entered = self.runtime.enter();
+        let client = &self.client;
+        self.watchers.push(spawn_watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            "nodes",
+            self.tx.clone(),
+            |e| Msg::Node(Box::new(e)),
+        ));
+        if self.watch_services {
+            self.watchers.push(spawn_watch(
                 Api::<Service>::all(client.clone()),
                 watcher::Config::default().labels(SERVICE_SELECTOR),
                 "services",
-                tx.clone(),
+                self.tx.clone(),
                 |e| Msg::Service(Box::new(e)),
-            );
-            spawn_watch(
+            ));
+            self.watchers.push(spawn_watch(
                 Api::<EndpointSlice>::all(client.clone()),
                 watcher::Config::default().labels(SLICE_SELECTOR),
                 "endpointslices",
-                tx,
+                self.tx.clone(),
                 |e| Msg::Slice(Box::new(e)),
-            );
+            ));
         }
-        Ok(KubeSource {
-            runtime,
-            client,
-            view: ClusterView::default(),
-            events: Some(events),
-            nodes: Relist::default(),
-            services: Relist::default(),
-            slices: Relist::default(),
-            reported_synced: false,
-            last_error: None,
-        })
+    }
+
+    /// Moves on to the next API server address once the one in use has failed for
+    /// [`FAILOVER_AFTER`].
+    fn fail_over(&mut self) {
+        let failing = self
+            .failing_since
+            .is_some_and(|t| t.elapsed() >= FAILOVER_AFTER);
+        if !failing || self.endpoints.len() < 2 {
+            return;
+        }
+        let from = self.server();
+        let next = (self.current + 1) % self.endpoints.len();
+        match client_for(&self.runtime, &self.endpoints[next]) {
+            Ok(client) => {
+                self.current = next;
+                self.client = client;
+                tracing::warn!(
+                    "API server {from} does not answer; trying {}",
+                    self.server()
+                );
+                self.failing_since = None;
+                self.start_watchers();
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    /// What to do when no API server has answered yet.
+    fn advice(&self) -> String {
+        if self.configured {
+            let all: Vec<String> = self
+                .endpoints
+                .iter()
+                .map(|c| c.cluster_url.to_string())
+                .collect();
+            format!(
+                "; apiServers lists {}: check that one of them is an API server this node reaches",
+                all.join(", ")
+            )
+        } else {
+            format!(
+                "; with kube-proxy removed, the in-cluster address {} (the `kubernetes` Service's ClusterIP) answers only once podnet proxies Services, which needs the API first: set apiServers in the agent's config (the podnet-config ConfigMap) to the API servers' own addresses, e.g. apiServers: [\"https://192.168.1.10:6443\"]",
+                self.server()
+            )
+        }
     }
 
     fn synced(&self) -> bool {
@@ -180,6 +288,17 @@ impl KubeSource {
 
     /// Applies one message; `true` if the view changed.
     fn handle(&mut self, msg: Msg) -> bool {
+        // A watcher announces every (re)list with `Init` before it asks: only what the
+        // server sent back shows it answers.
+        match &msg {
+            Msg::Error(_) => {
+                self.failing_since.get_or_insert_with(Instant::now);
+            }
+            Msg::Node(ev) if matches!(**ev, Event::Init) => {}
+            Msg::Service(ev) if matches!(**ev, Event::Init) => {}
+            Msg::Slice(ev) if matches!(**ev, Event::Init) => {}
+            _ => self.failing_since = None,
+        }
         let view = &mut self.view;
         match msg {
             Msg::Node(ev) => match self.nodes.follow(*ev) {
@@ -216,6 +335,7 @@ impl KubeSource {
                 }
             },
             Msg::Error(e) => {
+                let e = format!("{e} (API server {})", self.server());
                 let repeat = self
                     .last_error
                     .as_ref()
@@ -267,11 +387,23 @@ fn spawn_watch<K>(
     what: &'static str,
     tx: Sender<Msg>,
     wrap: fn(Event<K>) -> Msg,
-) where
+) -> tokio::task::JoinHandle<()>
+where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let stream = watcher::watcher(api, config).default_backoff();
-    tokio::spawn(forward(stream, what, tx, wrap));
+    tokio::spawn(forward(stream, what, tx, wrap))
+}
+
+/// A client for `config`; it starts a task on `runtime`.
+fn client_for(runtime: &tokio::runtime::Runtime, config: &Config) -> Result<Client, SourceError> {
+    let _entered = runtime.enter();
+    Client::try_from(config.clone()).map_err(|e| {
+        SourceError(format!(
+            "building the Kubernetes client for {}: {e}",
+            config.cluster_url
+        ))
+    })
 }
 
 async fn forward<K>(
@@ -298,14 +430,20 @@ impl Source for KubeSource {
         let rx = self.events.take().ok_or_else(stopped)?;
         let changed = receive(&rx, timeout, |msg| Ok(self.handle(msg)))?.ok_or_else(stopped)?;
         self.events = Some(rx);
+        self.fail_over();
         if !self.synced() {
             let why = self
                 .last_error
                 .as_ref()
-                .map(|(e, _)| format!(": {e}"))
+                .map(|(e, _)| format!(": {e}{}", self.advice()))
                 .unwrap_or_default();
+            let kinds = if self.watch_services {
+                "nodes, services and endpointslices"
+            } else {
+                "nodes"
+            };
             return Err(SourceError(format!(
-                "waiting for the first list of nodes, services and endpointslices from the API server{why}"
+                "waiting for the first list of {kinds} from the API server{why}"
             )));
         }
         if !self.reported_synced {

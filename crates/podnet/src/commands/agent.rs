@@ -39,7 +39,8 @@ pub struct AgentArgs {
     #[arg(long)]
     node: String,
     /// A config file (YAML) with the keys backend, clusterCIDR, serviceCIDR, mtu, vni,
-    /// vxlanPort, directRouting, untrackedPodTraffic; flags given here win over it.
+    /// vxlanPort, directRouting, untrackedPodTraffic, apiServers, serviceProxy; flags
+    /// given here win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// How this node reaches other nodes' pods: vxlan (default) or host-gw.
@@ -73,6 +74,15 @@ pub struct AgentArgs {
     /// them; podnet does not, and turns them off by default (faster same-node traffic).
     #[arg(long)]
     bridge_netfilter: bool,
+    /// With `--source kubernetes`: an API server's own address (https://HOST:PORT),
+    /// replacing the in-cluster one; repeat it for several, tried in turn. Needed where
+    /// kube-proxy is removed: the `kubernetes` Service's ClusterIP answers only once podnet
+    /// proxies Services.
+    #[arg(long = "api-server", value_name = "URL")]
+    api_servers: Vec<String>,
+    /// Leave Services to kube-proxy: no Service rules, no Service or EndpointSlice watches.
+    #[arg(long)]
+    no_service_proxy: bool,
     /// The node bridge pods attach to.
     #[arg(long, default_value = "podnet0")]
     bridge: String,
@@ -105,7 +115,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         vxlan_port: args.vxlan_port,
         direct_routing: args.direct_routing.then_some(true),
         untracked_pod_traffic: args.untracked_pod_traffic.then_some(true),
+        api_servers: (!args.api_servers.is_empty()).then_some(args.api_servers),
+        service_proxy: args.no_service_proxy.then_some(false),
     });
+    let service_proxy = c.service_proxy.unwrap_or(true);
     let Some(cluster_cidr) = c.cluster_cidr else {
         bail!("no cluster CIDR: pass --cluster-cidr or set clusterCIDR in the --config file (the controller-manager's --cluster-cidr)");
     };
@@ -149,7 +162,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
             (
                 Box::new(
-                    KubeSource::connect(args.kubeconfig.as_deref()).map_err(anyhow::Error::msg)?,
+                    KubeSource::connect(
+                        args.kubeconfig.as_deref(),
+                        c.api_servers.as_deref().unwrap_or_default(),
+                        service_proxy,
+                    )
+                    .map_err(anyhow::Error::msg)?,
                 ),
                 args.cni_conf_dir,
                 args.node_file,
@@ -169,6 +187,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         mtu: c.mtu,
         bridge_netfilter: args.bridge_netfilter,
         untracked_pod_traffic: c.untracked_pod_traffic.unwrap_or(false),
+        service_proxy,
         health,
     };
     podnet_agent::run(&config, source.as_mut())
