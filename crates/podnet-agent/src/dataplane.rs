@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
@@ -76,8 +77,14 @@ impl Dataplane {
     /// The others are improvements, and a failure to set them (a read-only /proc/sys in a
     /// container that is not privileged: set them in the privileged init container) is a
     /// warning in the returned list, never fatal. podnet's rules work with br_netfilter on.
-    pub fn sysctls(&self, bridge_netfilter: bool) -> Result<Vec<String>, DataplaneError> {
-        sysctl::set("net.ipv4.ip_forward", "1").map_err(|source| DataplaneError::Io {
+    ///
+    /// Each value it changes keeps its original in `originals`, for `podnet uninstall`.
+    pub fn sysctls(
+        &self,
+        bridge_netfilter: bool,
+        originals: &Path,
+    ) -> Result<Vec<String>, DataplaneError> {
+        sysctl::set_keeping_original("net.ipv4.ip_forward", "1", originals).map_err(|source| DataplaneError::Io {
             what: "enable forwarding (net.ipv4.ip_forward=1; set it in the privileged init container if /proc/sys is read-only here)".into(),
             source,
         })?;
@@ -92,7 +99,9 @@ impl Dataplane {
                     "strict reverse-path checking on {}: making it loose (net.ipv4.conf.all.rp_filter=2)",
                     strict.join(", ")
                 );
-                if let Err(e) = sysctl::set("net.ipv4.conf.all.rp_filter", "2") {
+                if let Err(e) =
+                    sysctl::set_keeping_original("net.ipv4.conf.all.rp_filter", "2", originals)
+                {
                     warnings.push(format!(
                         "{e}: strict reverse-path checking may drop replies between nodes' pods"
                     ));
@@ -103,7 +112,10 @@ impl Dataplane {
         }
         let bridge_nf = if bridge_netfilter { "1" } else { "0" };
         for k in sysctl::BRIDGE_NF_CALL {
-            if let Err(e) = sysctl::set_if_present(k, bridge_nf) {
+            if !sysctl::exists(k) {
+                continue;
+            }
+            if let Err(e) = sysctl::set_keeping_original(k, bridge_nf, originals) {
                 warnings.push(format!(
                     "{e}: bridged pod traffic keeps passing the IP netfilter hooks (slower, still correct)"
                 ));

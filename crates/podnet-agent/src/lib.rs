@@ -16,5 +16,6 @@ pub mod ruleset;
 pub mod run;
 pub mod services;
 pub mod source;
+pub mod uninstall;
 
 pub use run::{run, AgentConfig};

@@ -22,6 +22,10 @@ use crate::source::{Dirty, Key};
 
 /// The annotation where the agent says which peers it cannot route to, and why.
 pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
+/// Every annotation the agent puts on its Node.
+pub const ANNOTATIONS: [&str; 3] = [NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION, ROUTING_ANNOTATION];
+/// Where, in the state directory, the sysctls podnet changed keep their original values.
+pub const SYSCTL_ORIGINALS: &str = "sysctl-originals";
 /// How often the node is checked for drift when nothing changes.
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often podnet's nftables table is checked for vanished chains (two small netlink
@@ -43,6 +47,9 @@ pub struct AgentConfig {
     pub node_file: PathBuf,
     /// IPAM state (`/var/lib/podnet/ipam`).
     pub ipam_dir: PathBuf,
+    /// podnet's own state on the node (`/var/lib/podnet`): the original values of the
+    /// sysctls it changed, under [`SYSCTL_ORIGINALS`].
+    pub state_dir: PathBuf,
     pub bridge: String,
     pub backend: Backend,
     /// The whole cluster's pod CIDR (traffic leaving it is masqueraded).
@@ -196,7 +203,10 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             }
         }
         if !sysctls_set {
-            match dp.sysctls(config.bridge_netfilter) {
+            match dp.sysctls(
+                config.bridge_netfilter,
+                &config.state_dir.join(SYSCTL_ORIGINALS),
+            ) {
                 Ok(warnings) => {
                     for w in &warnings {
                         tracing::warn!("{w}");

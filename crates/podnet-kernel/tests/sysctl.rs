@@ -36,3 +36,33 @@ fn strict_reverse_path_checking_is_found_on_any_entry() {
         ["default", "lo"]
     );
 }
+
+#[test]
+fn originals_are_kept_once_and_put_back() {
+    let mut fx = Fixture::new("sysorig");
+    let ns = fx.netns("a");
+    let originals = fx.dir().join("originals");
+    let keep = originals.clone();
+    let (restored, after) = ns
+        .run(move || -> std::io::Result<_> {
+            sysctl::set("net.ipv4.ip_forward", "0")?;
+            sysctl::set("net.ipv4.conf.all.send_redirects", "1")?;
+            sysctl::set_keeping_original("net.ipv4.ip_forward", "1", &keep)?;
+            // A second change keeps the very first original.
+            sysctl::set_keeping_original("net.ipv4.ip_forward", "0", &keep)?;
+            sysctl::set_keeping_original("net.ipv4.ip_forward", "1", &keep)?;
+            // No change, nothing kept.
+            sysctl::set_keeping_original("net.ipv4.conf.all.send_redirects", "1", &keep)?;
+            let restored = sysctl::restore_originals(&keep)
+                .map_err(|e| std::io::Error::other(e.join("; ")))?;
+            Ok((restored, sysctl::get("net.ipv4.ip_forward")?))
+        })
+        .expect("enter the namespace")
+        .expect("sysctls");
+    assert_eq!(
+        restored,
+        vec![("net.ipv4.ip_forward".to_string(), "0".to_string())]
+    );
+    assert_eq!(after, "0");
+    assert!(!originals.exists(), "forgotten once restored");
+}

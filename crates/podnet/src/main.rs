@@ -32,6 +32,10 @@ enum Command {
     Agent(commands::agent::AgentArgs),
     /// Copies the CNI plugin into the node's CNI binary directory, atomically.
     InstallCni(commands::install_cni::InstallCniArgs),
+    /// Removes podnet from this node: its conflist, nftables table, routes, VXLAN device,
+    /// pods' interfaces and bridge, conntrack entries, files, sysctl changes and Node
+    /// annotations. Run it on a drained node, after deleting the DaemonSet.
+    Uninstall(commands::uninstall::UninstallArgs),
     /// The built-in workload: HTTP/TCP/UDP servers and clients.
     #[command(subcommand)]
     Probe(podnet_probe::ProbeCommand),
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => commands::lab::run(args),
         Command::Agent(args) => commands::agent::run(args).map(|()| 0),
         Command::InstallCni(args) => commands::install_cni::run(args).map(|()| 0),
+        Command::Uninstall(args) => commands::uninstall::run(args).map(|()| 0),
         Command::Probe(cmd) => podnet_probe::run(cmd).map_err(anyhow::Error::from),
     };
     match result {

@@ -19,7 +19,6 @@ use podnet_agent::source::kubernetes::API_CALLS as AGENT_CALLS;
 const AGENT_MOUNTS: &[&str] = &[
     "/etc/cni/net.d",
     "/opt/cni/bin",
-    "/run/netns",
     "/var/lib/podnet",
     "/run/podnet",
     "/lib/modules",
@@ -125,13 +124,81 @@ fn config_map_holds_the_agent_config() {
         .collect();
     assert_eq!(
         keys,
-        BTreeSet::from(["backend", "clusterCIDR", "serviceCIDR", "mtu", "vni"])
+        BTreeSet::from([
+            "backend",
+            "clusterCIDR",
+            "serviceCIDR",
+            "mtu",
+            "vni",
+            "apiServers",
+            "serviceProxy"
+        ])
     );
     // And the agent reads it as given (`podnet agent --config`).
     let parsed = podnet_agent::config::FileConfig::parse(text).expect("the agent reads it");
     assert_eq!(parsed.cluster_cidr, "10.244.0.0/16".parse().ok());
     assert_eq!(parsed.service_cidr, "10.96.0.0/12".parse().ok());
     assert_eq!(parsed.mtu, None);
+    assert_eq!(parsed.service_proxy, Some(true));
+}
+
+/// Every image is the release the manifest belongs to, never a moving tag.
+#[test]
+fn images_are_pinned_to_this_release() {
+    let text = std::fs::read_to_string(manifest_path()).expect("read the manifest");
+    let want = format!("ghcr.io/podnet/podnet:{}", env!("CARGO_PKG_VERSION"));
+    let images: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert!(
+        images.len() >= 3,
+        "install-cni, sysctls and agent: {images:?}"
+    );
+    for image in images {
+        assert_eq!(image, want, "images are pinned to the crate's version");
+    }
+}
+
+/// br_netfilter's bridge-nf-call-* sysctls are set where /proc/sys is writable: in the
+/// privileged init container, not by the unprivileged agent.
+#[test]
+fn the_privileged_init_container_sets_the_bridge_sysctls() {
+    let m = load();
+    let ds = one(&m.daemon_sets, "DaemonSet");
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    let sysctls = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "sysctls")
+        .expect("a sysctls init container");
+    assert_eq!(
+        sysctls.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let script = sysctls
+        .command
+        .iter()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for want in [
+        "net/ipv4/ip_forward",
+        "bridge-nf-call-iptables",
+        "bridge-nf-call-ip6tables",
+        "bridge-nf-call-arptables",
+    ] {
+        assert!(
+            script.contains(want),
+            "the init container sets {want}: {script}"
+        );
+    }
 }
 
 #[test]
@@ -249,7 +316,9 @@ fn daemon_set_runs_an_agent_on_every_node() {
         .flatten()
         .map(String::as_str)
         .collect();
-    assert_eq!(caps, BTreeSet::from(["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]));
+    // Only what it uses: it enters no other namespace and opens no raw socket.
+    assert_eq!(caps, BTreeSet::from(["NET_ADMIN"]));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
     assert!(
         agent
             .resources
@@ -280,14 +349,8 @@ fn daemon_set_runs_an_agent_on_every_node() {
             "volume {} is the host's {path}",
             volume.name
         );
-        match *path {
-            "/run/netns" => assert_eq!(
-                mount.mount_propagation.as_deref(),
-                Some("HostToContainer"),
-                "/run/netns sees namespaces created after the agent started"
-            ),
-            "/lib/modules" => assert_eq!(mount.read_only, Some(true), "/lib/modules read-only"),
-            _ => {}
+        if *path == "/lib/modules" {
+            assert_eq!(mount.read_only, Some(true), "/lib/modules read-only");
         }
     }
     assert!(

@@ -239,6 +239,8 @@ impl Node {
                     &d("node.json"),
                     "--ipam-dir",
                     &d("ipam"),
+                    "--state-dir",
+                    &d(""),
                 ])
                 .args(args),
             &self.ns,
@@ -268,10 +270,16 @@ impl Node {
 
     /// GET on the agent's health server, from inside the node.
     fn health(&self, path: &str) -> Option<(u16, String)> {
+        self.get_from("127.0.0.1:9099", path)
+    }
+
+    /// GET `path` on `addr`, from inside the node.
+    fn get_from(&self, addr: &str, path: &str) -> Option<(u16, String)> {
         let path = path.to_string();
+        let addr = addr.to_string();
         self.ns
             .run(move || -> std::io::Result<(u16, String)> {
-                let addr = "127.0.0.1:9099".parse().map_err(std::io::Error::other)?;
+                let addr = addr.parse().map_err(std::io::Error::other)?;
                 let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
                 c.set_read_timeout(Some(Duration::from_secs(2)))?;
                 write!(
@@ -319,6 +327,41 @@ impl Node {
         .output()
         .expect("run nft");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `verb` of the libcni client (Debian's libcni, as containerd 1.7 vendors it)
+    /// with the conflist the agent wrote, in the node, for `pod`; returns whether it
+    /// succeeded and what it printed.
+    fn libcni(&self, verb: &str, pod: &NetNs, id: &str) -> (bool, String) {
+        common::ensure_plugin_built();
+        let client =
+            podnet_testkit::libcni_client(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+        let plugin_dir = std::path::Path::new(PODNET)
+            .parent()
+            .expect("podnet's directory")
+            .display()
+            .to_string();
+        let out = in_netns(
+            Command::new(&client)
+                .args(["-cni-path", &plugin_dir, "-conflist"])
+                .arg(self.dir.join("net.d/10-podnet.conflist"))
+                .arg("-cache-dir")
+                .arg(self.dir.join("libcni-cache"))
+                .args([verb, "-netns"])
+                .arg(pod.path())
+                .args(["-id", id]),
+            &self.ns,
+        )
+        .output()
+        .expect("run the libcni client");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// The agent's process.
@@ -642,47 +685,17 @@ fn install_cni_replaces_the_plugin_atomically() {
 /// conflist the agent really writes works through it.
 #[test]
 fn the_conflist_the_agent_writes_works_with_debian_libcni() {
-    common::ensure_plugin_built();
     let mut n = Node::new("k8scni");
     n.api.apply(
         "nodes",
         node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
     );
     n.start_agent("host-gw");
-    let conflist = n.dir.join("net.d/10-podnet.conflist");
     n.wait_for("the CNI config", Duration::from_secs(20), |n| {
         n.dir.join("net.d/10-podnet.conflist").exists()
     });
     let pod = n.fx.netns("pod");
-    let client = podnet_testkit::libcni_client(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
-    let plugin_dir = std::path::Path::new(PODNET)
-        .parent()
-        .expect("podnet's directory")
-        .display()
-        .to_string();
-    let libcni = |verb: &str| {
-        let out = in_netns(
-            Command::new(&client)
-                .args(["-cni-path", &plugin_dir, "-conflist"])
-                .arg(&conflist)
-                .arg("-cache-dir")
-                .arg(n.dir.join("libcni-cache"))
-                .args([verb, "-netns"])
-                .arg(pod.path())
-                .args(["-id", "ctr-agent-conflist"]),
-            &n.ns,
-        )
-        .output()
-        .expect("run the libcni client");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
+    let libcni = |verb: &str| n.libcni(verb, &pod, "ctr-agent-conflist");
     let (ok, add) = libcni("add");
     assert!(ok, "ADD through libcni with the agent's conflist: {add}");
     let result: Value = serde_json::from_str(&add).expect("the ADD result is JSON");
@@ -871,13 +884,19 @@ fn beside_kube_proxy_the_agent_leaves_services_alone() {
     n.start_agent_with(
         "host-gw",
         AgentOpts {
-            args: &["--no-service-proxy"],
+            args: &["--no-service-proxy", "--metrics-addr", "192.0.2.11:9098"],
             ..AgentOpts::default()
         },
     );
     n.wait_for("ready", Duration::from_secs(20), |n| {
         n.health("/readyz").is_some_and(|h| h.0 == 200)
     });
+    // Metrics where Prometheus scrapes them, on the node's own address.
+    let metrics = n.get_from("192.0.2.11:9098", "/metrics");
+    assert!(
+        metrics.is_some_and(|(code, body)| code == 200 && body.contains("podnet_ready 1")),
+        "metrics on --metrics-addr"
+    );
     let table = run_in(&n.ns, &["nft", "list", "table", "inet", "podnet"]);
     assert!(
         table.contains("masquerade"),
@@ -896,4 +915,187 @@ fn beside_kube_proxy_the_agent_leaves_services_alone() {
         .filter(|r| r != "nodes")
         .collect();
     assert!(watched.is_empty(), "it called the API for {watched:?}");
+}
+
+/// `podnet uninstall` on a node that ran podnet with a pod, a Service and VXLAN: nothing of
+/// podnet remains, and the sysctls it changed are back.
+#[test]
+fn uninstall_leaves_nothing_of_podnet_on_the_node() {
+    let mut n = Node::new("k8sun");
+    // The node as the agent found it: strict reverse-path checking, br_netfilter's hooks
+    // on for bridged frames (the value a new namespace gets), forwarding on.
+    run_in(
+        &n.ns,
+        &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter && echo 1 > /proc/sys/net/ipv4/ip_forward"],
+    );
+    let bridge_nf = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists();
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    let mut peer = node_object("node-2", "192.0.2.12", Some("10.244.2.0/24"));
+    peer["metadata"]["annotations"]["podnet.io/vtep-mac"] = json!("0e:58:c0:00:02:0c");
+    n.api.apply("nodes", peer);
+    n.api
+        .apply("services", service_object("web", "10.96.0.20", 80));
+    n.api.apply(
+        "endpointslices",
+        slice_object("web", &[("10.244.2.5", "node-2", true)]),
+    );
+    n.start_agent("vxlan");
+    n.wait_for("ready with web's rules", Duration::from_secs(20), |n| {
+        n.health("/readyz").is_some_and(|h| h.0 == 200)
+            && n.nft_map("ep-1").contains("10.244.2.5")
+            && n.api
+                .get("nodes", None, "node-1")
+                .is_some_and(|o| o["metadata"]["annotations"]["podnet.io/routing"] == "ok")
+    });
+    let pod = n.fx.netns("pod");
+    let (ok, add) = n.libcni("add", &pod, "ctr-un");
+    assert!(ok, "ADD: {add}");
+    // A flow through the Service, so conntrack has an entry of podnet's.
+    pod.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.send_to(b"x", "10.96.0.20:80").expect("send");
+    })
+    .expect("enter the pod");
+    let pod_flows = |n: &Node| {
+        n.ns.run(|| {
+            podnet_kernel::conntrack::Conntrack::open()
+                .expect("conntrack")
+                .all_flows()
+                .expect("flows")
+                .into_iter()
+                .filter(|f| f.original.src.octets()[..2] == [10, 244])
+                .count()
+        })
+        .expect("enter the node")
+    };
+    n.wait_for("the pod's flow tracked", Duration::from_secs(3), |n| {
+        pod_flows(n) > 0
+    });
+    // The DaemonSet is deleted: the agent is gone.
+    if let Some(mut agent) = n.agent.take() {
+        let _ = agent.0.kill();
+        let _ = agent.0.wait();
+    }
+
+    let d = |p: &str| n.dir.join(p).display().to_string();
+    let out = in_netns(
+        Command::new(PODNET).args([
+            "uninstall",
+            "--node",
+            "node-1",
+            "--kubeconfig",
+            &d("kubeconfig"),
+            "--config",
+            &d("config.yaml"),
+            "--cni-conf-dir",
+            &d("net.d"),
+            "--node-file",
+            &d("node.json"),
+            "--ipam-dir",
+            &d("ipam"),
+            "--state-dir",
+            &d(""),
+        ]),
+        &n.ns,
+    )
+    .output()
+    .expect("run podnet uninstall");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "nftables table inet podnet",
+        "device podnet.vxlan",
+        "bridge podnet0",
+        "route 10.244.2.0/24",
+    ] {
+        assert!(
+            said.contains(&format!("removed: {want}")),
+            "says it removed {want}:\n{said}"
+        );
+    }
+
+    let tables = run_in(&n.ns, &["nft", "list", "tables"]);
+    assert!(tables.trim().is_empty(), "no nftables table: {tables}");
+    assert_eq!(
+        n.routes(),
+        Vec::<(String, String)>::new(),
+        "no podnet route"
+    );
+    let links = run_in(&n.ns, &["ip", "-o", "link"]);
+    for gone in ["podnet.vxlan", "podnet0", ": pn"] {
+        assert!(!links.contains(gone), "{gone} is gone: {links}");
+    }
+    for file in [
+        "net.d/10-podnet.conflist",
+        "node.json",
+        "ipam",
+        "sysctl-originals",
+    ] {
+        assert!(!n.dir.join(file).exists(), "{file} is gone");
+    }
+    assert_eq!(pod_flows(&n), 0, "no conntrack entry of the pods");
+    let sysctl = |key: &str| {
+        run_in(&n.ns, &["cat", &format!("/proc/sys/{key}")])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        sysctl("net/ipv4/conf/all/rp_filter"),
+        "1",
+        "rp_filter as it was"
+    );
+    if bridge_nf {
+        assert_eq!(
+            sysctl("net/bridge/bridge-nf-call-iptables"),
+            "1",
+            "br_netfilter as it was"
+        );
+    }
+    let annotations = n
+        .api
+        .get("nodes", None, "node-1")
+        .map(|o| o["metadata"]["annotations"].clone())
+        .unwrap_or_default();
+    for key in [
+        "podnet.io/node-ip",
+        "podnet.io/vtep-mac",
+        "podnet.io/routing",
+    ] {
+        assert!(
+            annotations.get(key).is_none(),
+            "{key} is gone: {annotations}"
+        );
+    }
+    assert!(
+        annotations
+            .get("kubeadm.alpha.kubernetes.io/cri-socket")
+            .is_some(),
+        "others stay"
+    );
+
+    // Again: nothing left, and it says so.
+    let again = in_netns(
+        Command::new(PODNET).args([
+            "uninstall",
+            "--cni-conf-dir",
+            &d("net.d"),
+            "--node-file",
+            &d("node.json"),
+            "--ipam-dir",
+            &d("ipam"),
+            "--state-dir",
+            &d(""),
+        ]),
+        &n.ns,
+    )
+    .output()
+    .expect("run podnet uninstall again");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing of podnet was left"));
 }

@@ -137,40 +137,7 @@ impl KubeSource {
             .enable_all()
             .build()
             .map_err(|e| SourceError(format!("starting the Kubernetes client's runtime: {e}")))?;
-        let base = runtime.block_on(async {
-            match kubeconfig {
-                Some(path) => {
-                    let kc = Kubeconfig::read_from(path).map_err(|e| {
-                        SourceError(format!("kubeconfig {}: {e}", path.display()))
-                    })?;
-                    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                        .await
-                        .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))
-                }
-                None => Config::infer().await.map_err(|e| {
-                    SourceError(format!(
-                        "no Kubernetes API configuration ({e}); run in a pod with a service account, or pass --kubeconfig"
-                    ))
-                }),
-            }
-        })?;
-        let endpoints = if api_servers.is_empty() {
-            vec![base]
-        } else {
-            api_servers
-                .iter()
-                .map(|url| {
-                    let uri = url.parse().map_err(|e| {
-                        SourceError(format!(
-                            "apiServers: {url:?} is not a URL ({e}); write it as https://192.168.1.10:6443"
-                        ))
-                    })?;
-                    let mut c = base.clone();
-                    c.cluster_url = uri;
-                    Ok(c)
-                })
-                .collect::<Result<Vec<_>, SourceError>>()?
-        };
+        let endpoints = endpoints(&runtime, kubeconfig, api_servers)?;
         let (tx, events) = channel();
         let client = client_for(&runtime, &endpoints[0])?;
         let mut source = KubeSource {
@@ -199,6 +166,45 @@ impl KubeSource {
         };
         source.start_watchers();
         Ok(source)
+    }
+
+    /// Removes `keys` from `node`'s annotations (a merge patch with nulls), through the
+    /// first of the API servers that answers.
+    pub fn remove_node_annotations(
+        kubeconfig: Option<&Path>,
+        api_servers: &[String],
+        node: &str,
+        keys: &[&str],
+    ) -> Result<(), SourceError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError(format!("starting the Kubernetes client's runtime: {e}")))?;
+        let patch = json!({"metadata": {"annotations": keys.iter().map(|k| (k.to_string(), serde_json::Value::Null)).collect::<serde_json::Map<_, _>>()}});
+        let mut errors = Vec::new();
+        for config in endpoints(&runtime, kubeconfig, api_servers)? {
+            let client = client_for(&runtime, &config)?;
+            let api: Api<Node> = Api::all(client);
+            let result = runtime.block_on(async {
+                tokio::time::timeout(
+                    PATCH_TIMEOUT,
+                    api.patch(node, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+            });
+            match result {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => errors.push(format!("{}: {e}", config.cluster_url)),
+                Err(_) => errors.push(format!(
+                    "{}: no answer within {PATCH_TIMEOUT:?}",
+                    config.cluster_url
+                )),
+            }
+        }
+        Err(SourceError(format!(
+            "removing podnet's annotations from node {node}: {}",
+            errors.join("; ")
+        )))
     }
 
     fn server(&self) -> String {
@@ -377,6 +383,47 @@ fn name_of(m: &podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Obj
 
 fn key_of(m: &podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
     (m.namespace.clone().unwrap_or_default(), name_of(m))
+}
+
+/// The API server configs to try: the one `kubeconfig` (or the in-cluster config, or
+/// `$KUBECONFIG`) names, or one per `api_servers` address with its credentials.
+fn endpoints(
+    runtime: &tokio::runtime::Runtime,
+    kubeconfig: Option<&Path>,
+    api_servers: &[String],
+) -> Result<Vec<Config>, SourceError> {
+    let base = runtime.block_on(async {
+        match kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| SourceError(format!("kubeconfig {}: {e}", path.display())))
+            }
+            None => Config::infer().await.map_err(|e| {
+                SourceError(format!(
+                    "no Kubernetes API configuration ({e}); run in a pod with a service account, or pass --kubeconfig"
+                ))
+            }),
+        }
+    })?;
+    if api_servers.is_empty() {
+        return Ok(vec![base]);
+    }
+    api_servers
+        .iter()
+        .map(|url| {
+            let uri = url.parse().map_err(|e| {
+                SourceError(format!(
+                    "apiServers: {url:?} is not a URL ({e}); write it as https://192.168.1.10:6443"
+                ))
+            })?;
+            let mut c = base.clone();
+            c.cluster_url = uri;
+            Ok(c)
+        })
+        .collect()
 }
 
 /// Runs one watcher on the current runtime, forwarding its events (and its errors, which

@@ -89,6 +89,10 @@ pub struct AgentArgs {
     /// Where /healthz, /readyz and /metrics are served ("off" for nowhere).
     #[arg(long, default_value = "127.0.0.1:9099")]
     health_addr: String,
+    /// Also serve /metrics (and the health endpoints) here, for Prometheus: an address
+    /// other nodes reach, e.g. the node's own with port 9098. Off by default.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// With `--source kubernetes`: the CNI config directory.
     #[arg(long, default_value = "/etc/cni/net.d")]
     cni_conf_dir: PathBuf,
@@ -98,6 +102,10 @@ pub struct AgentArgs {
     /// With `--source kubernetes`: podnet-cni's address pool directory.
     #[arg(long, default_value = "/var/lib/podnet/ipam")]
     ipam_dir: PathBuf,
+    /// With `--source kubernetes`: podnet's own state on the node (the original values
+    /// of the sysctls it changes, for `podnet uninstall`).
+    #[arg(long, default_value = "/var/lib/podnet")]
+    state_dir: PathBuf,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -143,43 +151,52 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         })?;
         tracing::info!("health on http://{bound} (/healthz, /readyz, /metrics)");
     }
+    if let Some(addr) = args.metrics_addr {
+        let bound = health::serve(addr, health.clone())
+            .with_context(|| format!("serving metrics on {addr}; pick another --metrics-addr"))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     // The source, and where the node's files go: the lab keeps them in its node
     // directory; on Kubernetes they go where the flags say.
-    let (mut source, cni_dir, node_file, ipam_dir): (Box<dyn Source>, _, _, _) = match args.source {
-        SourceKind::Lab => {
-            let lab = args.lab.as_deref().unwrap_or_default();
-            let layout = Layout::new(lab).map_err(anyhow::Error::msg)?;
-            let dir = layout.node_dir(&args.node);
-            tracing::info!(lab, node = %args.node, "agent starting");
-            (
-                Box::new(LabSource::new(lab).map_err(anyhow::Error::msg)?),
-                layout.node_cni_dir(&args.node),
-                dir.join("node.json"),
-                dir.join("ipam"),
-            )
-        }
-        SourceKind::Kubernetes => {
-            tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
-            (
-                Box::new(
-                    KubeSource::connect(
-                        args.kubeconfig.as_deref(),
-                        c.api_servers.as_deref().unwrap_or_default(),
-                        service_proxy,
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                ),
-                args.cni_conf_dir,
-                args.node_file,
-                args.ipam_dir,
-            )
-        }
-    };
+    let (mut source, cni_dir, node_file, ipam_dir, state_dir): (Box<dyn Source>, _, _, _, _) =
+        match args.source {
+            SourceKind::Lab => {
+                let lab = args.lab.as_deref().unwrap_or_default();
+                let layout = Layout::new(lab).map_err(anyhow::Error::msg)?;
+                let dir = layout.node_dir(&args.node);
+                tracing::info!(lab, node = %args.node, "agent starting");
+                (
+                    Box::new(LabSource::new(lab).map_err(anyhow::Error::msg)?),
+                    layout.node_cni_dir(&args.node),
+                    dir.join("node.json"),
+                    dir.join("ipam"),
+                    dir,
+                )
+            }
+            SourceKind::Kubernetes => {
+                tracing::info!(node = %args.node, "agent starting on the Kubernetes API");
+                (
+                    Box::new(
+                        KubeSource::connect(
+                            args.kubeconfig.as_deref(),
+                            c.api_servers.as_deref().unwrap_or_default(),
+                            service_proxy,
+                        )
+                        .map_err(anyhow::Error::msg)?,
+                    ),
+                    args.cni_conf_dir,
+                    args.node_file,
+                    args.ipam_dir,
+                    args.state_dir,
+                )
+            }
+        };
     let config = AgentConfig {
         node: args.node.clone(),
         cni_dir,
         node_file,
         ipam_dir,
+        state_dir,
         bridge: args.bridge,
         backend,
         cluster_cidr: cluster_cidr.trunc(),

@@ -3,3 +3,4 @@
 pub mod agent;
 pub mod install_cni;
 pub mod lab;
+pub mod uninstall;
