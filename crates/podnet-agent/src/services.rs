@@ -115,6 +115,7 @@ struct Ep {
     ip: Ipv4Addr,
     port: u16,
     node: Option<String>,
+    terminating: bool,
 }
 
 fn protocol(p: Option<&str>) -> String {
@@ -122,15 +123,21 @@ fn protocol(p: Option<&str>) -> String {
 }
 
 /// What the proxy needs of an EndpointSlice: its Service, its ports and its usable
-/// endpoints (ready and not terminating), parsed once when it arrives. A small fraction of
-/// the Kubernetes object, which matters with 10,000 of them.
+/// endpoints, parsed once when it arrives. A small fraction of the Kubernetes object,
+/// which matters with 10,000 of them.
+///
+/// Usable: ready (and so not terminating), or terminating and still serving. The second
+/// kind gets traffic only where a Service has none of the first (as kube-proxy does since
+/// 1.28): a Service whose only pod is being replaced keeps answering through it until
+/// the new one is ready, instead of refusing connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceInfo {
     /// (namespace, Service name), from `kubernetes.io/service-name`.
     pub service: (String, String),
     /// (port name, protocol, port).
     pub ports: Vec<(String, String, u16)>,
-    pub endpoints: Vec<(Ipv4Addr, Option<String>)>,
+    /// (address, node, terminating).
+    pub endpoints: Vec<(Ipv4Addr, Option<String>, bool)>,
 }
 
 impl SliceInfo {
@@ -153,13 +160,20 @@ impl SliceInfo {
         let mut endpoints = Vec::new();
         for e in &s.endpoints {
             let c = e.conditions.as_ref();
-            if c.and_then(|c| c.ready) == Some(false) || c.and_then(|c| c.terminating) == Some(true)
-            {
+            let terminating = c.and_then(|c| c.terminating) == Some(true);
+            // `ready` absent means ready; a terminating endpoint is never ready, and is
+            // usable only while it says it is serving.
+            let usable = if terminating {
+                c.and_then(|c| c.serving) == Some(true)
+            } else {
+                c.and_then(|c| c.ready) != Some(false)
+            };
+            if !usable {
                 continue;
             }
             for a in &e.addresses {
                 if let Ok(ip) = a.parse() {
-                    endpoints.push((ip, e.node_name.clone()));
+                    endpoints.push((ip, e.node_name.clone(), terminating));
                 }
             }
         }
@@ -180,11 +194,12 @@ fn endpoints_by_port(slices: &[&SliceInfo]) -> BTreeMap<(String, String), Vec<Ep
     for s in slices {
         for (name, proto, port) in &s.ports {
             let list = out.entry((name.clone(), proto.clone())).or_default();
-            for (ip, node) in &s.endpoints {
+            for (ip, node, terminating) in &s.endpoints {
                 list.push(Ep {
                     ip: *ip,
                     port: *port,
                     node: node.clone(),
+                    terminating: *terminating,
                 });
             }
         }
@@ -250,9 +265,14 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
         let proto = protocol(p.protocol.as_deref());
         let key = (p.name.clone().unwrap_or_default(), proto.clone());
         let all: &[Ep] = eps.get(&key).map(Vec::as_slice).unwrap_or_default();
+        // The ready endpoints a traffic policy allows; failing those, the terminating
+        // ones that still serve.
         let pick = |local: bool| -> Vec<Endpoint> {
+            let allowed = |e: &&Ep| !local || e.node.as_deref() == Some(me);
+            let ready = all.iter().filter(allowed).any(|e| !e.terminating);
             all.iter()
-                .filter(|e| !local || e.node.as_deref() == Some(me))
+                .filter(allowed)
+                .filter(|e| e.terminating != ready)
                 .map(|e| Endpoint {
                     ip: e.ip,
                     port: e.port,
@@ -910,5 +930,56 @@ endpoints:
         assert!(el(&r, "service-nodeports").contains(&"tcp . 30081 : goto np-lb-1".to_string()));
         assert!(!el(&r, "nodeport-masquerade").contains(&"tcp . 30081".to_string()));
         assert_eq!(served.endpoints.len(), 3);
+    }
+
+    /// Kubernetes marks a pod being deleted `terminating` (never `ready`), and `serving`
+    /// while its readiness probe passes: such endpoints carry traffic only when a Service
+    /// has no ready one.
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_else_is_ready() {
+        let yaml = |endpoints: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: one, namespace: default}}\nspec: {{clusterIP: 10.96.0.30, ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: one-1, namespace: default, labels: {{kubernetes.io/service-name: one}}}}\naddressType: IPv4\nports: [{{name: \"\", port: 8080}}]\nendpoints:\n{endpoints}"
+            )
+        };
+        let endpoints_of = |endpoints: &str| -> Vec<String> {
+            let objs = parse_documents(&yaml(endpoints)).expect("valid");
+            let svc = objs.iter().find_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            });
+            let slices: Vec<SliceInfo> = objs
+                .iter()
+                .filter_map(|o| match o {
+                    Object::EndpointSlice(s) => SliceInfo::from_slice(s),
+                    _ => None,
+                })
+                .collect();
+            let refs: Vec<&SliceInfo> = slices.iter().collect();
+            let c = contribution(svc.expect("service"), &refs, "node-1");
+            let mut eps: Vec<String> = c
+                .elements
+                .iter()
+                .filter(|(set, _, _)| set.starts_with("ep-"))
+                .map(|(_, _, v)| v.clone())
+                .collect();
+            if c.elements.iter().any(|(set, _, _)| set == "no-endpoints") {
+                eps.push("no endpoints".into());
+            }
+            eps.sort();
+            eps
+        };
+        let terminating_serving = "- {addresses: [10.244.1.5], nodeName: node-1, conditions: {ready: false, serving: true, terminating: true}}\n";
+        let terminating_gone = "- {addresses: [10.244.1.6], nodeName: node-1, conditions: {ready: false, serving: false, terminating: true}}\n";
+        let ready = "- {addresses: [10.244.1.7], nodeName: node-1, conditions: {ready: true, serving: true, terminating: false}}\n";
+        // The only pod is terminating but still serving: it keeps the Service answering.
+        assert_eq!(endpoints_of(terminating_serving), ["10.244.1.5 . 8080"]);
+        // One that no longer serves does not.
+        assert_eq!(endpoints_of(terminating_gone), ["no endpoints"]);
+        // Once a ready one exists, it takes all new connections.
+        assert_eq!(
+            endpoints_of(&format!("{terminating_serving}{ready}")),
+            ["10.244.1.7 . 8080"]
+        );
     }
 }

@@ -351,6 +351,54 @@ endpoints: [{{addresses: ["{backend}"], conditions: {{ready: true}}}}]
         got.is_some(),
         "the selectorless Service did not reach its hand-written endpoint"
     );
+
+    // Its only pod is terminating but still serving (a single-replica rollout): the
+    // Service keeps answering through it. Once it stops serving, connections are refused.
+    let slice = |conditions: &str| {
+        format!(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  labels: {{kubernetes.io/service-name: manual}}
+addressType: IPv4
+ports: [{{name: web, port: 9090, protocol: TCP}}]
+endpoints: [{{addresses: ["{backend}"], conditions: {conditions}}}]
+"#
+        )
+    };
+    let ask = || {
+        lab.exec(
+            "client",
+            &[
+                "podnet",
+                "probe",
+                "get",
+                "--timeout",
+                "1s",
+                &format!("http://{ip}/hostname"),
+            ],
+        )
+    };
+    lab.apply(&slice("{ready: false, serving: true, terminating: true}"));
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        assert_eq!(
+            stdout(&ask()),
+            "backend",
+            "a terminating endpoint that still serves keeps its Service answering"
+        );
+    }
+    lab.apply(&slice("{ready: false, serving: false, terminating: true}"));
+    let refused = eventually(Duration::from_secs(3), || {
+        let out = ask();
+        (!out.status.success()).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "an endpoint that stopped serving gets no more connections"
+    );
 }
 
 #[test]
