@@ -32,6 +32,7 @@ pub struct Health {
     syncs: AtomicU64,
     sync_errors: AtomicU64,
     services: AtomicU64,
+    services_ignored: AtomicU64,
     peers: AtomicU64,
     last_sync_micros: AtomicU64,
 }
@@ -46,6 +47,7 @@ impl Default for Health {
             syncs: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
             services: AtomicU64::new(0),
+            services_ignored: AtomicU64::new(0),
             peers: AtomicU64::new(0),
             last_sync_micros: AtomicU64::new(0),
         }
@@ -95,6 +97,11 @@ impl Health {
         self.peers.store(peers as u64, Ordering::Relaxed);
     }
 
+    /// How many Services the proxy ignores, wholly or in part (their IPv6 family).
+    pub fn set_services_ignored(&self, n: usize) {
+        self.services_ignored.store(n as u64, Ordering::Relaxed);
+    }
+
     fn alive(&self) -> Result<(), String> {
         let now = self.started.elapsed();
         let last = Duration::from_millis(self.last_tick.load(Ordering::Relaxed));
@@ -111,7 +118,7 @@ impl Health {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let ready = u8::from(self.is_ready().is_ok());
-        let rows: [(&str, &str, &str, f64); 7] = [
+        let rows: [(&str, &str, &str, f64); 8] = [
             (
                 "podnet_ready",
                 "gauge",
@@ -147,6 +154,12 @@ impl Health {
                 "gauge",
                 "Services the proxy serves",
                 self.services.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "podnet_services_ignored",
+                "gauge",
+                "Services the proxy does not serve, wholly or in part (IPv6 families)",
+                self.services_ignored.load(Ordering::Relaxed) as f64,
             ),
             (
                 "podnet_peers",

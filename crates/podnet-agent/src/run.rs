@@ -189,6 +189,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 .map(|svc| services::contribution(svc, &view.slices_of(&key), &config.node));
             stale.extend(proxy.set_service(key, c));
         }
+        health.set_services_ignored(proxy.ignored());
         // What peers need of this node, on its Node object.
         let mut publish = vec![(NODE_IP_ANNOTATION, me.ip.to_string())];
         if matches!(config.backend, Backend::Vxlan { .. }) {

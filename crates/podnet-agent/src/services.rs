@@ -221,6 +221,8 @@ pub struct Contribution {
     pub served: Vec<(Frontend, BTreeSet<Endpoint>)>,
     /// Every endpoint its ClusterIPs and NodePorts translate to.
     pub nat: BTreeSet<NatEndpoint>,
+    /// What of it podnet does not serve, and why (its IPv6 family, until dual-stack).
+    pub ignored: Option<String>,
 }
 
 impl Contribution {
@@ -245,17 +247,36 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
         return c;
     };
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    // Headless Services and ExternalNames are not proxied.
-    let Some(cip) = spec
-        .cluster_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
-        return c;
-    };
     if ty == "ExternalName" {
         return c;
     }
+    // Headless Services (`None`) are not proxied. Of a dual-stack Service, its IPv4
+    // ClusterIP is served and its IPv6 one ignored, said once (IPv4 only, for now).
+    let ips: Vec<std::net::IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let v4 = ips.iter().find_map(|ip| match ip {
+        std::net::IpAddr::V4(v4) => Some(*v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    if let Some(v6) = ips.iter().find(|ip| ip.is_ipv6()) {
+        let name = format!(
+            "Service {}/{}",
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            svc.metadata.name.as_deref().unwrap_or_default()
+        );
+        c.ignored = Some(match v4 {
+            Some(v4) => format!("{name}: its IPv6 ClusterIP {v6} is ignored (podnet serves IPv4 until dual-stack comes); {v4} is served"),
+            None => format!("{name}: IPv6 only ({v6}), ignored; podnet serves IPv4 Services until dual-stack comes"),
+        });
+    }
+    let Some(cip) = v4 else {
+        return c;
+    };
     c.add("cluster-ips", cip.to_string(), String::new());
     let local_only = |policy: Option<&str>| policy == Some("Local");
     for p in spec.ports.iter().flatten() {
@@ -414,6 +435,8 @@ pub struct ServiceProxy {
     nat: Option<NatEndpoints>,
     pub served: Served,
     pub table: Tracked,
+    /// Services (or their IPv6 family) not served, and why.
+    ignored: BTreeMap<(String, String), String>,
 }
 
 /// The endpoints in `nat-endpoints`: those Service ports use (with how many), and those
@@ -487,6 +510,7 @@ impl ServiceProxy {
             nat: None,
             served: Served::default(),
             table,
+            ignored: BTreeMap::new(),
         }
     }
 
@@ -585,6 +609,17 @@ impl ServiceProxy {
     ) -> Vec<StaleUdp> {
         let old = self.contributions.remove(&key).unwrap_or_default();
         let new = new.unwrap_or_default();
+        match &new.ignored {
+            Some(why) => {
+                if self.ignored.get(&key) != Some(why) {
+                    tracing::warn!("{why}");
+                    self.ignored.insert(key.clone(), why.clone());
+                }
+            }
+            None => {
+                self.ignored.remove(&key);
+            }
+        }
         if old == new {
             if !new.elements.is_empty() || !new.extras.is_empty() || !new.served.is_empty() {
                 self.contributions.insert(key, new);
@@ -647,6 +682,11 @@ impl ServiceProxy {
             self.contributions.insert(key, new);
         }
         stale_udp(&before, &after)
+    }
+
+    /// How many Services it ignores, wholly or in part.
+    pub fn ignored(&self) -> usize {
+        self.ignored.len()
     }
 
     /// Every Service key the proxy holds.
@@ -981,5 +1021,55 @@ endpoints:
             endpoints_of(&format!("{terminating_serving}{ready}")),
             ["10.244.1.7 . 8080"]
         );
+    }
+
+    #[test]
+    fn ipv6_services_are_ignored_and_said_so_dual_stack_keeps_ipv4() {
+        // The lab refuses IPv6 Services; an API server sends them.
+        let service = |name: &str, ips: &[&str]| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ports": [{"port": 80}]}
+            }))
+            .expect("a Service")
+        };
+        let svcs = [
+            service("six", &["fd00::10"]),
+            service("dual", &["10.96.0.40", "fd00::40"]),
+        ];
+        let mut proxy = ServiceProxy::new(&TableConfig::test("10.244.0.0/16"));
+        for s in &svcs {
+            let c = contribution(s, &[], "node-1");
+            let key = (
+                "default".to_string(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            proxy.set_service(key, Some(c));
+        }
+        assert_eq!(proxy.ignored(), 2);
+        let six = contribution(&svcs[0], &[], "node-1");
+        assert!(
+            six.elements.is_empty(),
+            "nothing of an IPv6 Service is served"
+        );
+        assert!(
+            six.ignored
+                .as_deref()
+                .is_some_and(|w| w.contains("default/six") && w.contains("IPv6 only")),
+            "{six:?}"
+        );
+        let dual = proxy
+            .table
+            .want()
+            .elements
+            .get("cluster-ips")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            dual.contains_key("10.96.0.40"),
+            "the IPv4 family of a dual-stack Service is served"
+        );
+        proxy.set_service(("default".into(), "six".into()), None);
+        assert_eq!(proxy.ignored(), 1);
     }
 }

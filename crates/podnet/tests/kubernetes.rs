@@ -1099,3 +1099,48 @@ fn uninstall_leaves_nothing_of_podnet_on_the_node() {
     .expect("run podnet uninstall again");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing of podnet was left"));
 }
+
+/// Until dual-stack comes, an IPv6 Service is ignored, said once in the log and counted;
+/// the IPv4 family of a dual-stack one is served.
+#[test]
+fn ipv6_services_are_ignored_with_one_log_line_and_a_metric() {
+    let mut n = Node::new("k8sv6");
+    n.api.apply(
+        "nodes",
+        node_object("node-1", "192.0.2.11", Some("10.244.1.0/24")),
+    );
+    let mut six = service_object("six", "fd00::10", 80);
+    six["spec"]["ipFamilies"] = json!(["IPv6"]);
+    n.api.apply("services", six);
+    let mut dual = service_object("dual", "10.96.0.40", 80);
+    dual["spec"]["clusterIPs"] = json!(["10.96.0.40", "fd00::40"]);
+    dual["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    dual["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+    n.api.apply("services", dual);
+    n.start_agent("host-gw");
+    n.wait_for(
+        "the ignored Services counted",
+        Duration::from_secs(20),
+        |n| {
+            n.health("/metrics")
+                .is_some_and(|(_, m)| m.contains("podnet_services_ignored 2"))
+        },
+    );
+    // The dual-stack Service's IPv4 ClusterIP is served (it has no endpoints: refused).
+    n.wait_for("dual's IPv4 ClusterIP", Duration::from_secs(5), |n| {
+        run_in(
+            &n.ns,
+            &["nft", "list", "set", "inet", "podnet", "cluster-ips"],
+        )
+        .contains("10.96.0.40")
+    });
+    // Resyncs say nothing new.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = n.log();
+    assert_eq!(log.matches("default/six: IPv6 only").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("default/dual: its IPv6 ClusterIP").count(),
+        1,
+        "{log}"
+    );
+}
