@@ -203,31 +203,88 @@ impl Health {
 /// Binds `addr` now (so a taken port is an error at start) and serves the endpoints on a
 /// thread of their own.
 pub fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+    let (bound, server) = http_server(
+        addr,
+        "podnet-health",
+        Arc::new(move |path: &str| health.answer(path)),
+    )?;
+    // It serves as long as the agent runs.
+    std::mem::forget(server);
+    Ok(bound)
+}
+
+/// The Service proxy's health, where load balancers look for it (kube-proxy's
+/// `--healthz-bind-address`, port 10256): `/healthz` and `/livez` answer 200 once the
+/// node's rules are synced and the loop is alive, else 503, with kube-proxy's JSON.
+pub fn serve_proxy(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+    let (bound, server) = http_server(
+        addr,
+        "podnet-proxy-health",
+        Arc::new(move |path: &str| match path {
+            "/healthz" | "/livez" => {
+                let ok = health.alive().and_then(|()| health.is_ready()).is_ok();
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (
+                    status,
+                    format!("{{\"healthy\":{ok},\"nodeEligible\":true}}\n"),
+                )
+            }
+            _ => (StatusCode::NOT_FOUND, "not found: try /healthz\n".into()),
+        }),
+    )?;
+    std::mem::forget(server);
+    Ok(bound)
+}
+
+/// What an HTTP server answers for a path: status and body.
+pub type Answer = Arc<dyn Fn(&str) -> (StatusCode, String) + Send + Sync>;
+
+/// A running HTTP server; it stops when dropped.
+pub struct Server {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves `answer` on `addr` from a thread of its own (named `name`) until the returned
+/// [`Server`] is dropped.
+pub fn http_server(
+    addr: SocketAddr,
+    name: &str,
+    answer: Answer,
+) -> std::io::Result<(SocketAddr, Server)> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
-        .name("podnet-health".into())
+        .name(name.into())
         .spawn(move || {
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!("health server on {bound}: {e}");
+                        tracing::error!("HTTP server on {bound}: {e}");
                         return;
                     }
                 };
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = &mut stopped => return,
+                    };
+                    let Ok((stream, _)) = accepted else {
                         continue;
                     };
-                    let health = health.clone();
+                    let answer = answer.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (status, body) = health.answer(req.uri().path());
+                            let (status, body) = answer(req.uri().path());
                             let mut resp = Response::new(Full::new(Bytes::from(body)));
                             *resp.status_mut() = status;
                             async move { Ok::<_, Infallible>(resp) }
@@ -239,7 +296,7 @@ pub fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<SocketAdd
                 }
             })
         })?;
-    Ok(bound)
+    Ok((bound, Server { _stop: stop }))
 }
 
 #[cfg(test)]

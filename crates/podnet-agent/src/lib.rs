@@ -11,6 +11,7 @@ pub mod cni_config;
 pub mod config;
 pub mod dataplane;
 pub mod health;
+pub mod health_checks;
 pub mod plan;
 pub mod ruleset;
 pub mod run;

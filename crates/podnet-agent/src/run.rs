@@ -14,6 +14,7 @@ use podnet_kernel::netlink::format_mac;
 use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::Health;
+use crate::health_checks::HealthChecks;
 use crate::plan::{self, Backend, NodeInfo, NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
 use crate::ruleset::TableConfig;
 use crate::services::{self, ServiceProxy};
@@ -111,6 +112,8 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     // Changes not yet decided, and UDP flows not yet forgotten (kept across failures).
     let mut pending = Dirty::default();
     let mut stale = Vec::new();
+    let mut health_checks = HealthChecks::default();
+    let mut serving_checks = BTreeMap::new();
     loop {
         health.tick();
         let changed = match source.wait(RESYNC) {
@@ -190,6 +193,13 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             stale.extend(proxy.set_service(key, c));
         }
         health.set_services_ignored(proxy.ignored());
+        let checks = proxy.health_checks();
+        if checks != serving_checks {
+            for e in health_checks.sync(checks.clone()) {
+                tracing::warn!("{e}");
+            }
+            serving_checks = checks;
+        }
         // What peers need of this node, on its Node object.
         let mut publish = vec![(NODE_IP_ANNOTATION, me.ip.to_string())];
         if matches!(config.backend, Backend::Vxlan { .. }) {

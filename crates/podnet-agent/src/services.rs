@@ -223,6 +223,9 @@ pub struct Contribution {
     pub nat: BTreeSet<NatEndpoint>,
     /// What of it podnet does not serve, and why (its IPv6 family, until dual-stack).
     pub ignored: Option<String>,
+    /// A LoadBalancer Service with `externalTrafficPolicy: Local`: its health check node
+    /// port and how many ready endpoints it has on this node.
+    pub health_check: Option<(u16, usize)>,
 }
 
 impl Contribution {
@@ -279,6 +282,23 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
     };
     c.add("cluster-ips", cip.to_string(), String::new());
     let local_only = |policy: Option<&str>| policy == Some("Local");
+    let load_balancer = ty == "LoadBalancer";
+    if let (true, true, Some(port)) = (
+        load_balancer,
+        local_only(spec.external_traffic_policy.as_deref()),
+        spec.health_check_node_port
+            .and_then(|p| u16::try_from(p).ok()),
+    ) {
+        let mut local: Vec<Ipv4Addr> = eps
+            .values()
+            .flatten()
+            .filter(|e| !e.terminating && e.node.as_deref() == Some(me))
+            .map(|e| e.ip)
+            .collect();
+        local.sort();
+        local.dedup();
+        c.health_check = Some((port, local.len()));
+    }
     for p in spec.ports.iter().flatten() {
         let Ok(port) = u16::try_from(p.port) else {
             continue;
@@ -351,7 +371,8 @@ pub fn contribution(svc: &Service, slices: &[&SliceInfo], me: &str) -> Contribut
         let Some(np) = p
             .node_port
             .and_then(|n| u16::try_from(n).ok())
-            .filter(|_| ty == "NodePort")
+            // LoadBalancer Services have NodePorts too (the load balancer sends to them).
+            .filter(|_| ty == "NodePort" || load_balancer)
         else {
             continue;
         };
@@ -682,6 +703,23 @@ impl ServiceProxy {
             self.contributions.insert(key, new);
         }
         stale_udp(&before, &after)
+    }
+
+    /// The health check node ports to serve, and what each answers.
+    pub fn health_checks(&self) -> BTreeMap<u16, crate::health_checks::Check> {
+        self.contributions
+            .iter()
+            .filter_map(|(key, c)| {
+                let (port, local) = c.health_check?;
+                Some((
+                    port,
+                    crate::health_checks::Check {
+                        service: key.clone(),
+                        local_endpoints: local,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// How many Services it ignores, wholly or in part.

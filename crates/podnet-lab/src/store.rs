@@ -344,7 +344,7 @@ impl Store {
             spec.cluster_ips = Some(vec![ip.clone()]);
             spec.cluster_ip = Some(ip);
         }
-        if ty == "NodePort" {
+        if ty == "NodePort" || ty == "LoadBalancer" {
             let old_ports = old_spec.and_then(|s| s.ports.clone()).unwrap_or_default();
             for (i, p) in spec.ports.iter_mut().flatten().enumerate() {
                 let keep = old_ports
@@ -366,6 +366,23 @@ impl Store {
                 ports.insert(np, r.clone());
                 p.node_port = Some(np);
             }
+        }
+        if ty == "LoadBalancer" && spec.external_traffic_policy.as_deref() == Some("Local") {
+            let keep = old_spec.and_then(|s| s.health_check_node_port);
+            let hc = match spec.health_check_node_port.or(keep) {
+                Some(hc) => hc,
+                None => NODE_PORTS
+                    .clone()
+                    .find(|n| !ports.contains_key(n))
+                    .ok_or("no free NodePort in 30000-32767 for spec.healthCheckNodePort")?,
+            };
+            if let Some(owner) = ports.get(&hc) {
+                return Err(format!(
+                    "spec.healthCheckNodePort {hc} is already allocated to {owner}"
+                ));
+            }
+            ports.insert(hc, r.clone());
+            spec.health_check_node_port = Some(hc);
         }
         Ok(svc)
     }
@@ -389,6 +406,9 @@ impl Store {
                 if let Some(np) = p.node_port {
                     out.insert(np, o.reference());
                 }
+            }
+            if let Some(hc) = s.spec.as_ref().and_then(|s| s.health_check_node_port) {
+                out.insert(hc, o.reference());
             }
         }
         out

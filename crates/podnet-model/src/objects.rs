@@ -537,8 +537,26 @@ fn validate_deployment(d: &Deployment) -> Result<(), String> {
 fn validate_service(s: &Service) -> Result<(), String> {
     let spec = s.spec.as_ref().ok_or("spec is required")?;
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if !matches!(ty, "ClusterIP" | "NodePort" | "ExternalName") {
-        return Err(format!("spec.type: {ty:?} is not supported in the lab; use ClusterIP, NodePort or ExternalName"));
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        return Err(format!(
+            "spec.type: {ty:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+        ));
+    }
+    // The lab has no cloud load balancer: a LoadBalancer Service gets its node ports
+    // (and its health check node port with externalTrafficPolicy Local), as on a cluster
+    // whose load balancer is not provisioned yet.
+    if let Some(hc) = spec.health_check_node_port {
+        if ty != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
+            return Err("spec.healthCheckNodePort: only for type LoadBalancer with externalTrafficPolicy Local".into());
+        }
+        if !(30000..=32767).contains(&hc) {
+            return Err(format!(
+                "spec.healthCheckNodePort: {hc} is not in the node port range 30000-32767"
+            ));
+        }
     }
     if ty == "ExternalName" && spec.external_name.as_deref().unwrap_or_default().is_empty() {
         return Err("spec.externalName: required for type ExternalName".into());
@@ -591,8 +609,10 @@ fn validate_service(s: &Service) -> Result<(), String> {
             _ => {}
         }
         if let Some(np) = p.node_port {
-            if ty != "NodePort" {
-                return Err(format!("{f}.nodePort: only for type NodePort"));
+            if !matches!(ty, "NodePort" | "LoadBalancer") {
+                return Err(format!(
+                    "{f}.nodePort: only for type NodePort or LoadBalancer"
+                ));
             }
             if !(30000..=32767).contains(&np) {
                 return Err(format!(

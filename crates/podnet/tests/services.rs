@@ -289,6 +289,81 @@ spec:
             "the pod saw {seen:?} instead of the external client"
         );
     }
+
+    // A LoadBalancer Service (the lab has no cloud load balancer) gets node ports, and
+    // with policy Local a health check node port: a load balancer asking each node sends
+    // only to nodes with a local endpoint. Each node's proxy health is on port 10256.
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#,
+    );
+    let lb = service(&lab, "web-lb");
+    let np = lb["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("node port");
+    let hc = lb["spec"]["healthCheckNodePort"]
+        .as_i64()
+        .expect("health check node port");
+    for (node, node_ip) in [("node-1", "172.18.0.11"), ("node-2", "172.18.0.12")] {
+        let local = pods_json
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web" && p["spec"]["nodeName"] == node)
+            .count();
+        let check = eventually(Duration::from_secs(5), || {
+            let out = lab.exec(
+                "external",
+                &[
+                    "podnet",
+                    "probe",
+                    "get",
+                    "--timeout",
+                    "1s",
+                    &format!("http://{node_ip}:{hc}/"),
+                ],
+            );
+            let body = stdout(&out);
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["localEndpoints"] == local).then_some((out.status.success(), v))
+        });
+        let (ok, v) = check.unwrap_or_else(|| panic!("{node}: health check node port {hc}"));
+        assert_eq!(ok, local > 0, "{node}: 200 only with a local endpoint: {v}");
+        assert_eq!(v["service"]["name"], "web-lb");
+        if local > 0 {
+            let got = eventually(Duration::from_secs(5), || {
+                let (_, failed) = answers(
+                    &lab,
+                    "external",
+                    &["get", &format!("http://{node_ip}:{np}/hostname"), "-c", "3"],
+                );
+                (failed == 0).then_some(())
+            });
+            assert!(
+                got.is_some(),
+                "{node}: the LoadBalancer's node port {np} answers"
+            );
+        }
+        let healthz = stdout(&lab.exec(
+            "external",
+            &[
+                "podnet",
+                "probe",
+                "get",
+                &format!("http://{node_ip}:10256/healthz"),
+            ],
+        ));
+        assert!(
+            healthz.contains("\"healthy\":true"),
+            "{node}: proxy health {healthz}"
+        );
+    }
 }
 
 #[test]

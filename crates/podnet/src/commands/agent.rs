@@ -89,6 +89,10 @@ pub struct AgentArgs {
     /// Where /healthz, /readyz and /metrics are served ("off" for nowhere).
     #[arg(long, default_value = "127.0.0.1:9099")]
     health_addr: String,
+    /// The Service proxy's health for load balancers, as kube-proxy's (`/healthz`, 200
+    /// once the rules are synced); "off" for nowhere. Not served with --no-service-proxy.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    proxy_health_addr: String,
     /// Also serve /metrics (and the health endpoints) here, for Prometheus: an address
     /// other nodes reach, e.g. the node's own with port 9098. Off by default.
     #[arg(long)]
@@ -150,6 +154,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             format!("serving health on {addr}; pick another --health-addr, or \"off\"")
         })?;
         tracing::info!("health on http://{bound} (/healthz, /readyz, /metrics)");
+    }
+    if service_proxy && args.proxy_health_addr != "off" {
+        let addr: SocketAddr = args.proxy_health_addr.parse().with_context(|| {
+            format!(
+                "--proxy-health-addr {}: not an address:port (or \"off\")",
+                args.proxy_health_addr
+            )
+        })?;
+        let bound = health::serve_proxy(addr, health.clone()).with_context(|| {
+            format!("serving the proxy's health on {addr}; pick another --proxy-health-addr, or \"off\"")
+        })?;
+        tracing::info!("proxy health on http://{bound}/healthz");
     }
     if let Some(addr) = args.metrics_addr {
         let bound = health::serve(addr, health.clone())
