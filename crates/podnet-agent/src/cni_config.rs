@@ -38,7 +38,8 @@ pub fn node_file(subnet: Ipv4Net, mtu: u32) -> NodeConfig {
 /// runtime asks with a 1.1.0 config.
 pub const CNI_VERSION: &str = "1.0.0";
 
-/// The conflist: podnet-cni alone, reading subnet and MTU from the node file.
+/// The conflist: podnet-cni alone, reading subnet and MTU from the node file, and taking
+/// the pods' hostPorts (the `portMappings` capability).
 pub fn conflist(bridge: &str, ipam_dir: &Path, node_file: &Path) -> Value {
     json!({
         "cniVersion": CNI_VERSION,
@@ -48,6 +49,8 @@ pub fn conflist(bridge: &str, ipam_dir: &Path, node_file: &Path) -> Value {
             "bridge": bridge,
             "dataDir": ipam_dir,
             "nodeConfig": node_file,
+            // The runtime passes pods' hostPorts as runtimeConfig.portMappings.
+            "capabilities": {"portMappings": true},
         }],
     })
 }
@@ -82,7 +85,8 @@ mod tests {
         assert_eq!(
             c,
             json!({"cniVersion": "1.0.0", "name": "podnet", "plugins": [{"type": "podnet-cni", "bridge": "podnet0",
-                   "dataDir": "/var/lib/podnet/ipam", "nodeConfig": "/run/podnet/node.json"}]})
+                   "dataDir": "/var/lib/podnet/ipam", "nodeConfig": "/run/podnet/node.json",
+                   "capabilities": {"portMappings": true}}]})
         );
         let f = serde_json::to_value(node_file("10.244.1.0/24".parse().expect("net"), 1450))
             .expect("json");

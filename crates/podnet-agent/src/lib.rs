@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataplane;
 pub mod health;
 pub mod health_checks;
+pub mod hostports;
 pub mod plan;
 pub mod ruleset;
 pub mod run;

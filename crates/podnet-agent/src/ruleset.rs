@@ -120,6 +120,15 @@ pub const SETS: &[(&str, &str)] = &[
         "service-nodeports",
         "type inet_proto . inet_service : verdict",
     ),
+    // hostPorts: to any address of the node, or to one.
+    (
+        "hostports",
+        "type inet_proto . inet_service : ipv4_addr . inet_service",
+    ),
+    (
+        "hostport-ips",
+        "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+    ),
 ];
 
 /// The fixed part of the table. Service traffic between two pods of one node (and a pod
@@ -185,21 +194,24 @@ pub fn base(c: &TableConfig) -> String {
     if let (true, Some(local)) = (c.untracked_pods, c.local_pods) {
         notrack.push_str(&untracked_pods(cluster_cidr, local));
     }
-    let service_hooks = if c.service_proxy {
-        ["prerouting", "output"]
-            .map(|hook| {
-                format!(
-                    "\tchain nat-{hook} {{\n\
-                     \t\ttype nat hook {hook} priority -100; policy accept;\n\
-                     \t\tjump services-reject\n\
-                     \t\tjump services\n\
-                     \t}}\n"
-                )
-            })
-            .concat()
+    // hostPorts first (a pod asked for that port of its node), then Services, unless
+    // kube-proxy serves them.
+    let services = if c.service_proxy {
+        "\t\tjump services-reject\n\t\tjump services\n"
     } else {
-        String::new()
+        ""
     };
+    let nat_hooks = ["prerouting", "output"]
+        .map(|hook| {
+            format!(
+                "\tchain nat-{hook} {{\n\
+                 \t\ttype nat hook {hook} priority -100; policy accept;\n\
+                 \t\tjump hostports\n\
+                 {services}\
+                 \t}}\n"
+            )
+        })
+        .concat();
     let mut s = format!("table inet {TABLE} {{\n");
     s.push_str(&notrack);
     for (name, ty) in SETS {
@@ -223,7 +235,11 @@ pub fn base(c: &TableConfig) -> String {
          \t\tfib daddr type local meta l4proto . th dport @nodeport-masquerade meta mark set meta mark | {MASQUERADE_MARK:#x}\n\
          \t\tfib daddr type local meta l4proto . th dport vmap @service-nodeports\n\
          \t}}\n\
-         {service_hooks}\
+         \tchain hostports {{\n\
+         \t\tfib daddr type local meta l4proto {{ tcp, udp, sctp }} dnat ip to meta l4proto . th dport map @hostports\n\
+         \t\tfib daddr type local meta l4proto {{ tcp, udp, sctp }} dnat ip to ip daddr . meta l4proto . th dport map @hostport-ips\n\
+         \t}}\n\
+         {nat_hooks}\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
@@ -724,7 +740,7 @@ mod tests {
         // Refusing is decided where new connections are NATed; no filter chain is hooked.
         for hook in ["prerouting", "output"] {
             assert!(
-                b.contains(&format!("type nat hook {hook} priority -100; policy accept;\n\t\tjump services-reject\n\t\tjump services\n")),
+                b.contains(&format!("type nat hook {hook} priority -100; policy accept;\n\t\tjump hostports\n\t\tjump services-reject\n\t\tjump services\n")),
                 "{b}"
             );
         }

@@ -15,6 +15,7 @@ use crate::cni_config;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::health::Health;
 use crate::health_checks::HealthChecks;
+use crate::hostports;
 use crate::plan::{self, Backend, NodeInfo, NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
 use crate::ruleset::TableConfig;
 use crate::services::{self, ServiceProxy};
@@ -114,6 +115,8 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut stale = Vec::new();
     let mut health_checks = HealthChecks::default();
     let mut serving_checks = BTreeMap::new();
+    let hostport_dir = hostports::dir(&config.node_file);
+    let mut hostport_errors = Vec::new();
     loop {
         health.tick();
         let changed = match source.wait(RESYNC) {
@@ -193,6 +196,22 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
             stale.extend(proxy.set_service(key, c));
         }
         health.set_services_ignored(proxy.ignored());
+        // Pods' hostPorts, as podnet-cni recorded them at ADD.
+        let errors = match hostports::read(&hostport_dir) {
+            Ok((attachments, mut errors)) => {
+                let (want, refused) = hostports::decide(&attachments);
+                errors.extend(refused);
+                proxy.set_hostports(&want);
+                errors
+            }
+            Err(e) => vec![e.to_string()],
+        };
+        if errors != hostport_errors {
+            for e in &errors {
+                tracing::warn!("hostPort: {e}");
+            }
+            hostport_errors = errors;
+        }
         let checks = proxy.health_checks();
         if checks != serving_checks {
             for e in health_checks.sync(checks.clone()) {

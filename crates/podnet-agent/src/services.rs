@@ -458,6 +458,8 @@ pub struct ServiceProxy {
     pub table: Tracked,
     /// Services (or their IPv6 family) not served, and why.
     ignored: BTreeMap<(String, String), String>,
+    /// The hostPort elements in the table: (map, key, value).
+    hostports: BTreeSet<(&'static str, String, String)>,
 }
 
 /// The endpoints in `nat-endpoints`: those Service ports use (with how many), and those
@@ -532,6 +534,7 @@ impl ServiceProxy {
             served: Served::default(),
             table,
             ignored: BTreeMap::new(),
+            hostports: BTreeSet::new(),
         }
     }
 
@@ -720,6 +723,22 @@ impl ServiceProxy {
                 ))
             })
             .collect()
+    }
+
+    /// The pods' hostPorts on this node become exactly `want`.
+    pub fn set_hostports(&mut self, want: &[crate::hostports::HostPort]) {
+        let want: BTreeSet<(&'static str, String, String)> =
+            want.iter().map(|h| h.element()).collect();
+        // A key whose value changes is replaced by the add below.
+        for (map, key, _) in self.hostports.difference(&want) {
+            if !want.iter().any(|(m, k, _)| m == map && k == key) {
+                self.table.element(map, key, None);
+            }
+        }
+        for (map, key, value) in want.difference(&self.hostports) {
+            self.table.element(map, key, Some(value.clone()));
+        }
+        self.hostports = want;
     }
 
     /// How many Services it ignores, wholly or in part.

@@ -24,6 +24,27 @@ pub struct Attachment<'a> {
     pub container_id: &'a str,
     pub netns: &'a Path,
     pub ifname: &'a str,
+    /// The pod's hostPorts, as CNI port mappings (`{hostPort, containerPort, protocol,
+    /// hostIP}`): handed to plugins that declare the `portMappings` capability.
+    pub port_mappings: &'a [Value],
+}
+
+/// A pod's hostPorts as CNI port mappings, as the kubelet passes them to the runtime.
+pub fn port_mappings(pod: &podnet_model::k8s_openapi::api::core::v1::Pod) -> Vec<Value> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = p.host_port.filter(|h| *h > 0)?;
+            Some(serde_json::json!({
+                "hostPort": host_port,
+                "containerPort": p.container_port,
+                "protocol": p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                "hostIP": p.host_ip.clone().unwrap_or_default(),
+            }))
+        })
+        .collect()
 }
 
 impl Runtime {
@@ -115,7 +136,7 @@ impl Runtime {
         att: &Attachment<'_>,
     ) -> Result<Value, String> {
         let mut prev = Value::Null;
-        for plugin in plugins(conflist)? {
+        for plugin in plugins(conflist, att)? {
             let mut conf = plugin;
             if !prev.is_null() {
                 conf["prevResult"] = prev;
@@ -128,7 +149,7 @@ impl Runtime {
     /// DEL through every plugin, last first; keeps going past failures, reports them all.
     pub fn del(&self, node: &NetNs, conflist: &Value, att: &Attachment<'_>) -> Result<(), String> {
         let mut errors = Vec::new();
-        for conf in plugins(conflist)?.into_iter().rev() {
+        for conf in plugins(conflist, att)?.into_iter().rev() {
             if let Err(e) = self.exec("DEL", node, &conf, att) {
                 errors.push(e);
             }
@@ -141,8 +162,9 @@ impl Runtime {
     }
 }
 
-/// Each plugin's config as the runtime hands it over: with the list's name and version.
-fn plugins(conflist: &Value) -> Result<Vec<Value>, String> {
+/// Each plugin's config as the runtime hands it over: with the list's name and version,
+/// and, as libcni does, `runtimeConfig` holding what the plugin declared a capability for.
+fn plugins(conflist: &Value, att: &Attachment<'_>) -> Result<Vec<Value>, String> {
     let name = conflist["name"].clone();
     let version = conflist["cniVersion"].clone();
     let list = conflist["plugins"]
@@ -154,6 +176,9 @@ fn plugins(conflist: &Value) -> Result<Vec<Value>, String> {
             let mut c = p.clone();
             c["name"] = name.clone();
             c["cniVersion"] = version.clone();
+            if c["capabilities"]["portMappings"] == true && !att.port_mappings.is_empty() {
+                c["runtimeConfig"] = serde_json::json!({"portMappings": att.port_mappings});
+            }
             c
         })
         .collect())
@@ -178,13 +203,26 @@ mod tests {
 
     #[test]
     fn plugins_get_the_list_name_and_version() {
-        let list = json!({"cniVersion": "1.1.0", "name": "podnet", "plugins": [{"type": "podnet-cni", "mtu": 1450}, {"type": "tuning"}]});
-        let p = plugins(&list).expect("plugins");
+        let list = json!({"cniVersion": "1.1.0", "name": "podnet", "plugins": [
+            {"type": "podnet-cni", "mtu": 1450, "capabilities": {"portMappings": true}},
+            {"type": "tuning"}]});
+        let mappings = [json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""})];
+        let att = Attachment {
+            container_id: "c",
+            netns: Path::new("/run/netns/x"),
+            ifname: "eth0",
+            port_mappings: &mappings,
+        };
+        let p = plugins(&list, &att).expect("plugins");
         assert_eq!(
             p[0],
-            json!({"type": "podnet-cni", "mtu": 1450, "name": "podnet", "cniVersion": "1.1.0"})
+            json!({"type": "podnet-cni", "mtu": 1450, "name": "podnet", "cniVersion": "1.1.0",
+                   "capabilities": {"portMappings": true},
+                   "runtimeConfig": {"portMappings": mappings}})
         );
+        // Only to plugins that declare the capability.
         assert_eq!(p[1]["type"], "tuning");
+        assert!(p[1].get("runtimeConfig").is_none());
         assert_eq!(
             result_ip(&json!({"ips": [{"address": "10.244.1.5/24"}]})).as_deref(),
             Some("10.244.1.5")

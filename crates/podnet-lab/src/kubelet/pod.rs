@@ -75,10 +75,12 @@ pub fn run(shared: Arc<Shared>, pod: Pod, stop: Arc<AtomicBool>) {
                 process::stop(child, STOP_GRACE);
             }
         }
+        let mappings = cni::port_mappings(&p.pod);
         let att = Attachment {
             container_id: &p.uid,
             netns: pod_ns.path(),
             ifname: "eth0",
+            port_mappings: &mappings,
         };
         if let Err(e) = p.shared.cni.del(&node_ns, &conflist, &att) {
             tracing::warn!(pod = %p.r, "CNI DEL: {e}");
@@ -147,10 +149,12 @@ impl PodRun {
                 .insert(NETNS_ANNOTATION.into(), path.clone());
         });
         let uid = self.uid.clone();
+        let mappings = cni::port_mappings(&self.pod);
         let att = Attachment {
             container_id: &uid,
             netns: pod_ns.path(),
             ifname: "eth0",
+            port_mappings: &mappings,
         };
         let mut backoff = Duration::from_millis(200);
         let ip = loop {
