@@ -134,7 +134,12 @@ pub fn read(dir: &Path) -> io::Result<(Vec<Attachment>, Vec<String>)> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("read {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("read {}: {e}", dir.display()),
+            ))
+        }
     };
     let mut out = Vec::new();
     let mut errors = Vec::new();
@@ -187,7 +192,11 @@ mod tests {
         assert_eq!(
             elements,
             vec![
-                ("hostports", "tcp . 8080".to_string(), "10.244.1.2 . 80".to_string()),
+                (
+                    "hostports",
+                    "tcp . 8080".to_string(),
+                    "10.244.1.2 . 80".to_string()
+                ),
                 (
                     "hostport-ips",
                     "172.18.0.11 . udp . 5353".to_string(),
@@ -196,7 +205,9 @@ mod tests {
             ]
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("container b") && e.contains("already taken")));
+        assert!(errors
+            .iter()
+            .any(|e| e.contains("container b") && e.contains("already taken")));
         assert!(errors.iter().any(|e| e.contains("IPv4 addresses only")));
     }
 }

@@ -469,6 +469,18 @@ fn validate_container(c: &Container, f: &str) -> Result<(), String> {
             }
         }
         check_protocol(p.protocol.as_deref(), &format!("{f}.ports[{j}].protocol"))?;
+        if let Some(h) = p.host_port {
+            if !(1..=65535).contains(&h) {
+                return Err(format!("{f}.ports[{j}].hostPort: {h} is not in 1-65535"));
+            }
+        }
+        if let Some(ip) = p.host_ip.as_deref().filter(|ip| !ip.is_empty()) {
+            if ip.parse::<Ipv4Addr>().is_err() {
+                return Err(format!(
+                    "{f}.ports[{j}].hostIP: {ip:?} is not an IPv4 address"
+                ));
+            }
+        }
     }
     if let Some(probe) = &c.readiness_probe {
         validate_probe(probe, &format!("{f}.readinessProbe"))?;

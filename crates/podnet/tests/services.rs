@@ -625,3 +625,73 @@ fn client_ip_affinity_sticks() {
         "turning affinity off did not spread the client again"
     );
 }
+
+/// hostPort, through the CNI portMappings capability: the pod answers on its node's
+/// address from outside the cluster (seeing the client's own address) and from other
+/// pods; once the pod is gone, so is the mapping.
+#[test]
+fn a_host_port_answers_on_its_node_from_outside_and_from_pods() {
+    let lab = Lab::up(2, &[]);
+    lab.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hp}
+spec:
+  nodeName: node-2
+  containers:
+  - name: s
+    command: [podnet, probe, serve, --http, "8080"]
+    ports: [{containerPort: 8080, hostPort: 18080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node-1
+  containers: [{name: c, command: [sleep, infinity]}]
+"#,
+    );
+    lab.wait_ready("pod/hp", "30s");
+    lab.wait_ready("pod/client", "30s");
+    let url = |path: &str| format!("http://172.18.0.12:18080/{path}");
+    let get = |from: &str, path: &str| {
+        stdout(&lab.exec(
+            from,
+            &["podnet", "probe", "get", "--timeout", "1s", &url(path)],
+        ))
+    };
+    let from_outside = eventually(Duration::from_secs(5), || {
+        (get("external", "hostname") == "hp").then_some(())
+    });
+    assert!(
+        from_outside.is_some(),
+        "hostPort 18080 on node-2 from the external host"
+    );
+    assert!(
+        get("external", "clientip").starts_with("198.51.100.1:"),
+        "the pod sees the outside client's own address"
+    );
+    assert_eq!(
+        get("client", "hostname"),
+        "hp",
+        "from a pod on another node"
+    );
+    assert_eq!(get("node/node-1", "hostname"), "hp", "from another node");
+    lab.ok(&["delete", "pod/hp"]);
+    let gone = eventually(Duration::from_secs(10), || {
+        let out = lab.exec(
+            "external",
+            &[
+                "podnet",
+                "probe",
+                "get",
+                "--timeout",
+                "1s",
+                &url("hostname"),
+            ],
+        );
+        (!out.status.success()).then_some(())
+    });
+    assert!(gone.is_some(), "the mapping goes with its pod");
+}

@@ -206,7 +206,8 @@ mod tests {
         let list = json!({"cniVersion": "1.1.0", "name": "podnet", "plugins": [
             {"type": "podnet-cni", "mtu": 1450, "capabilities": {"portMappings": true}},
             {"type": "tuning"}]});
-        let mappings = [json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""})];
+        let mappings =
+            [json!({"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""})];
         let att = Attachment {
             container_id: "c",
             netns: Path::new("/run/netns/x"),
