@@ -5,7 +5,8 @@ mod add;
 mod check;
 mod del;
 mod gc;
-mod names;
+pub mod names;
+mod pool;
 mod status;
 
 use std::io;
@@ -99,8 +100,8 @@ where
             deferred,
         }),
         Command::Check => check::check(&env, &conf, version).map(|()| done(None)),
-        Command::Status => status::status(&conf, version).map(|()| done(None)),
-        Command::Gc => gc::gc(&conf, version).map(|()| done(None)),
+        Command::Status => status::status(&env, &conf, version).map(|()| done(None)),
+        Command::Gc => gc::gc(&env, &conf, version).map(|()| done(None)),
         Command::Version => unreachable!("answered above"),
     }
     .map_err(fail)
@@ -179,6 +180,16 @@ fn open_netns(env: &Env) -> Result<NetNs, CniError> {
         .with_details("pass the path of the pod's own network namespace"));
     }
     Ok(ns)
+}
+
+/// Test-only crash injection ([`crate::spec::env::CRASH_AT_VAR`]): dies by SIGKILL, as
+/// if killed from outside, at the chosen pass of `step`.
+fn crash_point(env: &Env, step: &str) {
+    static PASSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Some(at) = &env.crash_at else { return };
+    if at.step == step && PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == at.nth {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 fn io_error(what: impl std::fmt::Display, e: io::Error) -> CniError {
