@@ -396,3 +396,140 @@ fn a_stuck_lock_holder_gets_try_again_later_not_a_hang() {
     );
     eprintln!("longest wait on a held lock (bound 300 ms): {longest:?}");
 }
+
+/// A small deterministic generator, so a failing storm can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn a_storm_of_adds_dels_and_gcs_with_kills_gives_nothing_twice_and_leaks_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut node = Node::new("cni-storm", "10.244.37.0/27");
+    let conf = node.conf("1.1.0");
+    let mut rng = Rng(0x5eed_cafe_f00d_0001);
+    // The runtime's view.
+    let mut live: Vec<(String, NetNs)> = Vec::new();
+    let mut deleting: Vec<(String, NetNs)> = Vec::new();
+    let mut retired: Vec<NetNs> = Vec::new();
+    let (mut calls, mut kills, mut gc_kills, mut next_id) = (0, 0, 0, 0);
+    let mut longest = Duration::ZERO;
+    for round in 0..30 {
+        // A batch in flight at once: ADDs and DELs, or a GC with DELs (a runtime does not
+        // run GC while it adds pods GC does not know of yet).
+        let gc_round = round % 3 == 2;
+        let mut batch = Vec::new();
+        if gc_round {
+            let mut valid: Vec<String> = live.iter().map(|(c, _)| c.clone()).collect();
+            valid.extend(deleting.iter().map(|(c, _)| c.clone()));
+            batch.push(("GC".to_string(), None, node.gc_conf(&valid)));
+        }
+        for _ in 0..if gc_round { 2 } else { 6 } {
+            let del = gc_round || (!live.is_empty() && rng.below(3) == 0);
+            if del && !(live.is_empty() && deleting.is_empty()) {
+                let pick = if !deleting.is_empty() && rng.below(2) == 0 {
+                    deleting.remove(rng.below(deleting.len() as u64) as usize)
+                } else if !live.is_empty() {
+                    live.remove(rng.below(live.len() as u64) as usize)
+                } else {
+                    continue;
+                };
+                batch.push(("DEL".to_string(), Some(pick), conf.clone()));
+            } else if !gc_round {
+                let cid = format!("ctr-{next_id}");
+                let ns = node.pod(&format!("s{next_id}"));
+                next_id += 1;
+                batch.push(("ADD".to_string(), Some((cid, ns)), conf.clone()));
+            }
+        }
+        let children: Vec<_> = batch
+            .iter()
+            .map(|(verb, pod, conf)| {
+                let (cid, path) = pod
+                    .as_ref()
+                    .map(|(c, ns)| (c.as_str(), Some(ns.path())))
+                    .unwrap_or(("", None));
+                // GC is killed more often: its passes are what is being tested.
+                let (odds, within) = if verb == "GC" { (7, 8) } else { (3, 25) };
+                let kill_after = (rng.below(10) < odds).then(|| rng.below(within));
+                (
+                    node.spawn(verb, cid, path, conf),
+                    Instant::now(),
+                    kill_after,
+                )
+            })
+            .collect();
+        for ((verb, pod, _), (mut child, started, kill_after)) in batch.into_iter().zip(children) {
+            calls += 1;
+            if let Some(ms) = kill_after {
+                let left = Duration::from_millis(ms).saturating_sub(started.elapsed());
+                std::thread::sleep(left);
+                let _ = child.kill();
+            }
+            let out = child.wait_with_output().expect("wait");
+            let killed = out.status.signal() == Some(9);
+            if killed {
+                kills += 1;
+                gc_kills += usize::from(verb == "GC");
+            } else {
+                longest = longest.max(started.elapsed());
+            }
+            let ok = out.status.success();
+            match (verb.as_str(), pod) {
+                ("ADD", Some(p)) if ok => live.push(p),
+                // A failed or killed ADD: the runtime gives the sandbox up; GC cleans it.
+                ("ADD", Some((_, ns))) => retired.push(ns),
+                ("DEL", Some((_, ns))) if ok => retired.push(ns),
+                // Retried later.
+                ("DEL", Some(p)) => deleting.push(p),
+                _ => {}
+            }
+        }
+        let pods: Vec<&NetNs> = live
+            .iter()
+            .chain(&deleting)
+            .map(|(_, ns)| ns)
+            .chain(&retired)
+            .collect();
+        assert_eq!(
+            node.duplicates(&pods),
+            Vec::<String>::new(),
+            "round {round}"
+        );
+    }
+    // The runtime finishes its DELs and runs GC once more.
+    for (cid, ns) in deleting.drain(..) {
+        let out = node.cni("DEL", &cid, Some(ns.path()), &conf);
+        assert!(out.ok, "{out:?}");
+        retired.push(ns);
+    }
+    let valid: Vec<String> = live.iter().map(|(c, _)| c.clone()).collect();
+    let out = node.cni("GC", "", None, &node.gc_conf(&valid));
+    assert!(out.ok, "{out:?}");
+    let pods: Vec<&NetNs> = live.iter().map(|(_, ns)| ns).chain(&retired).collect();
+    let dups = node.duplicates(&pods);
+    let leaked = node.allocations().len() as i64 - live.len() as i64;
+    node.assert_host_veths_gone_but(live.len());
+    assert_eq!(dups, Vec::<String>::new());
+    assert_eq!(leaked, 0, "allocations beyond the live pods");
+    assert_eq!(
+        node.answering(&pods).len(),
+        live.len(),
+        "a live pod lost its address"
+    );
+    eprintln!(
+        "storm: {calls} calls, {kills} killed ({gc_kills} GC), {} duplicates, {leaked} leaked, {} live at the end, longest call (start to reaped, an upper bound) {longest:?}",
+        dups.len(),
+        live.len()
+    );
+}

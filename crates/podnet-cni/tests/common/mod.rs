@@ -321,6 +321,23 @@ impl Node {
         gc
     }
 
+    /// Waits until exactly `n` podnet host veths are left (DEL deletes after answering).
+    pub fn assert_host_veths_gone_but(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let left = self.host_veths();
+            if left.len() == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} host veths 2s after DEL and GC, want {n}: {left:?}",
+                left.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// The IPAM pool file's allocations (empty if the pool does not exist).
     pub fn allocations(&self) -> Vec<String> {
         let path = self.data_dir().join("podnet-test").join("pool.json");
