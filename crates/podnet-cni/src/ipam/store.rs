@@ -88,10 +88,9 @@ impl Store {
             .create(&self.dir)
             .map_err(|e| annotate(e, &self.dir, "create IPAM directory"))?;
         let path = self.lock_path();
-        let file = open_lock_file(&path)?;
+        let mut file = open_lock_file(&path)?;
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
-        let mut file = file;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => {
@@ -114,14 +113,6 @@ impl Store {
             std::thread::sleep(pause.min(timeout - waited));
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-    }
-
-    /// The pool as it is now: `None` if there is no pool file.
-    pub fn read(&self, timeout: Duration) -> Result<Option<Pool>, StoreError> {
-        if !self.dir.exists() {
-            return Ok(None);
-        }
-        self.lock(timeout)?.load()
     }
 }
 
@@ -297,7 +288,12 @@ mod tests {
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 16);
-        let pool = Store::new(&dir).read(LOCK_TIMEOUT).expect("read");
+        let store = Store::new(&dir);
+        let pool = store
+            .lock(LOCK_TIMEOUT)
+            .expect("lock")
+            .load()
+            .expect("load");
         assert_eq!(pool.expect("a pool").allocations.len(), 16);
         fs::remove_dir_all(&dir).expect("cleanup");
     }
@@ -308,12 +304,12 @@ mod tests {
         fs::create_dir_all(&dir).expect("mkdir");
         fs::write(dir.join("pool.json"), b"{not json").expect("write");
         let store = Store::new(&dir);
-        let err = store.read(LOCK_TIMEOUT).expect_err("corrupt");
+        let locked = store.lock(LOCK_TIMEOUT).expect("lock");
+        let err = locked.load().expect_err("corrupt");
         assert!(
             matches!(&err, StoreError::Unreadable { path, .. } if path.ends_with("pool.json")),
             "{err}"
         );
-        let locked = store.lock(LOCK_TIMEOUT).expect("lock");
         let aside = locked.move_aside().expect("move aside");
         assert_eq!(fs::read(&aside).expect("kept"), b"{not json");
         assert!(locked.load().expect("load").is_none());

@@ -5,7 +5,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
-pub mod names;
+mod names;
 mod pool;
 mod status;
 
