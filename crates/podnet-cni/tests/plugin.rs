@@ -461,3 +461,59 @@ fn nothing_is_ever_configured_outside_the_node_namespace() {
     let mut here = Netlink::open().expect("netlink");
     assert!(here.link_by_name("podnet0").expect("lookup").is_none());
 }
+
+#[test]
+fn the_node_namespace_or_a_namespace_of_another_kind_is_refused_with_code_4() {
+    let node = Node::new("cni-ownns", "10.244.12.0/24");
+    let mut conf = node.conf("1.1.0");
+    // CHECK reads prevResult first; a plausible one.
+    conf["prevResult"] = json!({"cniVersion": "1.1.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"address": "10.244.12.2/24", "interface": 0}]});
+    // The node's namespace by its bind mount, by the plugin's own /proc link, and a UTS
+    // namespace file: none of them is a pod's network namespace.
+    for (target, needle) in [
+        (node.ns.path().to_path_buf(), "runs in"),
+        ("/proc/self/ns/net".into(), "runs in"),
+        ("/proc/thread-self/ns/net".into(), "runs in"),
+        ("/proc/self/ns/uts".into(), "not a network namespace"),
+    ] {
+        for verb in ["ADD", "CHECK"] {
+            let out = node.cni(verb, "ctr-own", Some(&target), &conf);
+            assert_eq!(
+                (out.ok, out.code()),
+                (false, 4),
+                "{verb} into {}: {out:?}",
+                target.display()
+            );
+            assert!(out.msg().contains(needle), "{}", out.msg());
+        }
+    }
+    // Nothing was configured: the node still has only lo and no default route.
+    assert_nothing_changed(&node);
+    let mut nl = Netlink::open_in(&node.ns).expect("netlink");
+    assert!(nl.routes().expect("routes").is_empty());
+}
+
+#[test]
+fn subnets_that_are_not_plain_unicast_are_refused_before_anything_is_made() {
+    let mut node = Node::new("cni-unicast", "unused");
+    let pod = node.pod("p");
+    for subnet in [
+        "0.0.0.0/0",
+        "0.0.0.0/8",
+        "224.0.0.0/24",
+        "239.1.0.0/16",
+        "240.0.0.0/24",
+        "127.0.0.0/24",
+        "169.254.0.0/24",
+    ] {
+        let mut conf = node.conf("1.1.0");
+        conf["subnet"] = json!(subnet);
+        let out = node.cni("ADD", "ctr-uni", Some(pod.path()), &conf);
+        assert_eq!((out.ok, out.code()), (false, 7), "{subnet}: {out:?}");
+        assert!(out.msg().contains("unicast"), "{}", out.msg());
+        assert_eq!(node.cni("STATUS", "", None, &conf).code(), 50, "{subnet}");
+    }
+    assert_nothing_changed(&node);
+}

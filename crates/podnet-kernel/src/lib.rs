@@ -17,5 +17,5 @@ pub mod sysctl;
 
 pub use conntrack::{Conntrack, ConntrackError};
 pub use netlink::{Link, Netlink, NetlinkError, Route, VethSpec};
-pub use netns::{NetNs, NetNsGuard};
+pub use netns::{NetNs, NetNsGuard, NsId};
 pub use nftables::{NfTables, NftError};

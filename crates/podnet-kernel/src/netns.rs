@@ -8,7 +8,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -65,18 +65,49 @@ impl NetNs {
         Ok(f())
     }
 
+    /// Which namespace this is: equal ids are the same namespace, whatever the paths.
+    pub fn id(&self) -> io::Result<NsId> {
+        let st = nix::sys::stat::fstat(&self.file).map_err(io::Error::from)?;
+        Ok(NsId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
     fn check_is_netns(&self) -> io::Result<()> {
         // NSFS_MAGIC: the bind mount (or /proc link) of a namespace lives on nsfs.
         const NSFS_MAGIC: i64 = 0x6e73_6673;
+        // NS_GET_NSTYPE (_IO(0xb7, 0x3)): the CLONE_NEW* flag of the namespace's type.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        let not_netns = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is {what}, not a network namespace", self.path.display()),
+            )
+        };
         let st = nix::sys::statfs::fstatfs(&self.file).map_err(io::Error::from)?;
         if st.filesystem_type().0 as i64 != NSFS_MAGIC {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a network namespace", self.path.display()),
-            ));
+            return Err(not_netns("not a namespace"));
+        }
+        // nsfs holds every kind of namespace; a UTS or mount namespace would only fail
+        // later, in setns or in a netlink request, with a bare EINVAL.
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the open descriptor.
+        let kind = unsafe { libc::ioctl(self.file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if kind < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if kind != libc::CLONE_NEWNET {
+            return Err(not_netns("another kind of namespace"));
         }
         Ok(())
     }
+}
+
+/// A namespace's identity while it lives: the nsfs device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NsId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 impl AsFd for NetNs {

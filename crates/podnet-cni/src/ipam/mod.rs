@@ -6,5 +6,5 @@
 pub mod pool;
 pub mod store;
 
-pub use pool::{Exhausted, Pool};
-pub use store::Store;
+pub use pool::{Allocation, Exhausted, Held, NetnsRef, Pool};
+pub use store::{Locked, Store, StoreError, LOCK_TIMEOUT};

@@ -1,6 +1,8 @@
 //! ADD: an address from the pool, a veth pair with its pod end created directly in the
-//! pod's namespace, the host end on the node bridge in hairpin mode, `lo` up, and a
-//! default route via the bridge's gateway address.
+//! pod's namespace, the host end on the node bridge in hairpin mode, `lo` up, a default
+//! route via the bridge's gateway address, and last the host end's alias, which marks
+//! the attachment complete. A repeated ADD of a complete attachment returns its result
+//! and changes nothing.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
@@ -10,7 +12,10 @@ use podnet_kernel::netlink::{mac_for_ipv4, BridgePort, Link, PROTO_BOOT};
 use podnet_kernel::{NetNs, Netlink, Route, VethSpec};
 use serde_json::Value;
 
-use super::{attachment, kernel_error, open_netns, resolve, Store};
+use super::names::host_veth_alias;
+use super::pool::{open_pool, store_error};
+use super::{attachment, crash_point, kernel_error, open_netns, resolve};
+use crate::ipam::{Allocation, NetnsRef, Store};
 use crate::spec::{
     code, AddResult, Attachment, CniError, Env, Interface, IpConfig, NetConf, Resolved, Version,
 };
@@ -18,38 +23,122 @@ use crate::spec::{
 pub fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniError> {
     let resolved = resolve(conf)?;
     let pod_ns = open_netns(env)?;
+    let cid = &env.container_id;
+    let netns = pod_ns
+        .id()
+        .map(|id| NetnsRef {
+            path: pod_ns.path().display().to_string(),
+            dev: id.dev,
+            ino: id.ino,
+        })
+        .map_err(|e| super::io_error(format!("container {cid}: identify its namespace"), e))?;
     let att = attachment(env);
     let store = Store::new(&resolved.ipam_dir);
-    let (ip, fresh) = store
-        .update(|pool| {
-            let fresh = pool.find(&att).is_none();
-            pool.allocate(resolved.subnet, resolved.gateway, &att)
-                .map(|ip| (ip, fresh))
-        })
-        .map_err(|e| super::io_error(format!("container {}: IPAM", env.container_id), e))?
+    let (locked, mut pool) = open_pool(&store, env, &resolved.bridge)?;
+    let known = pool.find(&att).map(|(ip, a)| (ip, a.clone()));
+    if let Some((ip, allocation)) = &known {
+        if let Some(result) = completed(&resolved, env, &pod_ns, &netns, *ip, allocation)? {
+            return Ok(result.render(version));
+        }
+    }
+    let before = pool.clone();
+    let ip = pool
+        .allocate(resolved.subnet, resolved.gateway, &att, Some(netns))
         .map_err(|ex| {
             CniError::new(
                 code::POOL_EXHAUSTED,
                 format!(
-                    "container {}: no free address in {} ({} in use); delete pods or widen the node's pod CIDR",
-                    env.container_id, ex.subnet, ex.in_use
+                    "container {cid}: no free address in {} ({} in use); delete pods or widen the node's pod CIDR",
+                    ex.subnet, ex.in_use
                 ),
             )
         })?;
+    if pool != before {
+        locked.save(&pool).map_err(store_error)?;
+    }
+    // Until this ADD returns, its address may be on no interface yet: a rebuild of the
+    // pool from the node would miss it.
+    let _in_flight = locked.add_in_flight().map_err(store_error)?;
+    drop(locked);
+    crash_point(env, "add-allocated");
     match setup(&resolved, &pod_ns, env, &att, ip) {
         Ok(result) => Ok(result.render(version)),
         Err(e) => {
             // Leave nothing half-applied: the veth pair (taking the pod end with it) and,
-            // if this call made it, the allocation.
+            // if this call made it, the allocation. The interface goes before the address.
             if let Ok(mut host) = Netlink::open() {
                 let _ = host.delete_link_by_name(&super::host_veth_name(&att));
             }
-            if fresh {
-                let _ = store.update(|pool| pool.release(&att));
+            if known.is_none() {
+                if let Ok((locked, mut pool)) = open_pool(&store, env, &resolved.bridge) {
+                    if pool.release(&att).is_some() {
+                        let _ = locked.save(&pool);
+                    }
+                }
             }
             Err(e)
         }
     }
+}
+
+/// The result of an earlier ADD of this attachment that completed (its host veth is on
+/// the bridge with the alias ADD sets last), rendered from the node without changing
+/// anything; `None` if that ADD never completed. The same container in another
+/// namespace is refused.
+fn completed(
+    r: &Resolved,
+    env: &Env,
+    pod_ns: &NetNs,
+    netns: &NetnsRef,
+    ip: Ipv4Addr,
+    allocation: &Allocation,
+) -> Result<Option<AddResult>, CniError> {
+    let cid = &env.container_id;
+    let att = attachment(env);
+    let host_name = super::host_veth_name(&att);
+    let mut host = Netlink::open().map_err(|e| kernel_error("open netlink on the node", e))?;
+    let (Some(bridge), Some(host_link)) = (
+        host.link_by_name(&r.bridge)
+            .map_err(|e| kernel_error(format!("look up bridge {}", r.bridge), e))?,
+        host.link_by_name(&host_name)
+            .map_err(|e| kernel_error(format!("container {cid}: look up {host_name}"), e))?,
+    ) else {
+        return Ok(None);
+    };
+    if host_link.master != Some(bridge.index)
+        || host_link.alias.as_deref() != Some(host_veth_alias(ip, &att).as_str())
+    {
+        return Ok(None);
+    }
+    let same_netns = match &allocation.netns {
+        Some(n) => (n.dev, n.ino) == (netns.dev, netns.ino),
+        // Allocated by an earlier release or rebuilt: the pod end in this namespace must
+        // be the host veth's peer.
+        None => {
+            let mut pod = Netlink::open_in(pod_ns).map_err(|e| {
+                kernel_error(format!("container {cid}: open netlink in the pod"), e)
+            })?;
+            pod.link_by_name(&env.ifname)
+                .map_err(|e| kernel_error(format!("container {cid}: look up {}", env.ifname), e))?
+                .is_some_and(|l| l.peer == Some(host_link.index) && l.mac == Some(mac_for_ipv4(ip)))
+        }
+    };
+    if !same_netns {
+        let was = allocation
+            .netns
+            .as_ref()
+            .map(|n| n.path.as_str())
+            .unwrap_or("another namespace");
+        return Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "container {cid}: {} is already attached in {was} with {ip}; refusing to move it to {}",
+                env.ifname, netns.path
+            ),
+        )
+        .with_details("DEL the attachment first, or use another container ID"));
+    }
+    Ok(Some(add_result(r, env, pod_ns, &bridge, &host_link, ip)?))
 }
 
 fn setup(
@@ -70,8 +159,8 @@ fn setup(
     let bridge = ensure_bridge(&mut host, r)?;
 
     let host_name = super::host_veth_name(att);
-    // A host end under this attachment's name is left over from an ADD that died, or
-    // from an ADD repeated without DEL: start over with it gone (its pod end goes too).
+    // A host end under this attachment's name is left over from an ADD that died: start
+    // over with it gone (its pod end goes too).
     host.delete_link_by_name(&host_name)
         .map_err(|e| kernel_error(format!("container {cid}: remove stale {host_name}"), e))?;
     let pod_mac = mac_for_ipv4(ip);
@@ -97,6 +186,7 @@ fn setup(
             kernel_error(format!("container {cid}: create veth pair {host_name}/{}", env.ifname), e)
         }
     })?;
+    crash_point(env, "add-veth");
     let host_link = must_find(&mut host, &host_name, "the node")?;
     // Hairpin: a pod reaching itself through a Service comes back out its own port.
     host.set_bridge_port_up(
@@ -144,7 +234,25 @@ fn setup(
             e,
         )
     })?;
+    crash_point(env, "add-configured");
+    // Last: the alias marks the attachment complete (a repeated ADD returns its result
+    // and touches nothing) and tells a rebuild who holds the address.
+    host.set_alias(host_link.index, &host_veth_alias(ip, att))
+        .map_err(|e| kernel_error(format!("container {cid}: mark {host_name}"), e))?;
+    add_result(r, env, pod_ns, &bridge, &host_link, ip)
+}
 
+/// The result of a completed ADD.
+fn add_result(
+    r: &Resolved,
+    env: &Env,
+    pod_ns: &NetNs,
+    bridge: &Link,
+    host_link: &Link,
+    ip: Ipv4Addr,
+) -> Result<AddResult, CniError> {
+    let address = Ipv4Net::new(ip, r.subnet.prefix_len())
+        .map_err(|e| CniError::new(code::INVALID_CONFIG, e.to_string()))?;
     Ok(AddResult {
         interfaces: vec![
             Interface {
@@ -154,14 +262,14 @@ fn setup(
                 mtu: Some(bridge.mtu),
             },
             Interface {
-                name: host_name,
+                name: host_link.name.clone(),
                 mac: host_link.mac_string(),
                 sandbox: None,
                 mtu: Some(r.mtu),
             },
             Interface {
                 name: env.ifname.clone(),
-                mac: Some(podnet_kernel::netlink::format_mac(&pod_mac)),
+                mac: Some(podnet_kernel::netlink::format_mac(&mac_for_ipv4(ip))),
                 sandbox: Some(pod_ns.path().display().to_string()),
                 mtu: Some(r.mtu),
             },
@@ -171,7 +279,7 @@ fn setup(
             gateway: Some(IpAddr::V4(r.gateway)),
             interface: Some(2),
         }],
-        routes: vec![default],
+        routes: vec![AddResult::default_route(r.gateway)],
     })
 }
 

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use podnet_kernel::Netlink;
 
-use super::{attachment, host_veth_name, io_error, kernel_error, open_netns, resolve, Store};
+use super::pool::read_pool;
+use super::{attachment, host_veth_name, kernel_error, open_netns, resolve, Store};
 use crate::spec::{code, AddResult, CniError, Env, NetConf, Version};
 
 pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError> {
@@ -116,16 +117,16 @@ pub fn check(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError
         _ => {}
     }
 
-    let pool = Store::new(&r.ipam_dir)
-        .read()
-        .map_err(|e| io_error("read the address pool", e))?;
-    let allocated = pool.find(&attachment(env)).map(IpAddr::V4);
-    for ip in &ips {
-        if allocated != Some(ip.addr()) {
-            return failed(format!(
-                "address {} is not allocated to this attachment in IPAM",
-                ip.addr()
-            ));
+    // An unreadable pool is rebuilt by the next ADD or GC; CHECK goes by the node then.
+    if let Some(pool) = read_pool(&Store::new(&r.ipam_dir), env)? {
+        let allocated = pool.find(&attachment(env)).map(|(ip, _)| IpAddr::V4(ip));
+        for ip in &ips {
+            if allocated != Some(ip.addr()) {
+                return failed(format!(
+                    "address {} is not allocated to this attachment in IPAM",
+                    ip.addr()
+                ));
+            }
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ mod check;
 mod del;
 mod gc;
 mod names;
+mod pool;
 mod status;
 
 use std::io;
@@ -99,8 +100,8 @@ where
             deferred,
         }),
         Command::Check => check::check(&env, &conf, version).map(|()| done(None)),
-        Command::Status => status::status(&conf, version).map(|()| done(None)),
-        Command::Gc => gc::gc(&conf, version).map(|()| done(None)),
+        Command::Status => status::status(&env, &conf, version).map(|()| done(None)),
+        Command::Gc => gc::gc(&env, &conf, version).map(|()| done(None)),
         Command::Version => unreachable!("answered above"),
     }
     .map_err(fail)
@@ -137,10 +138,12 @@ fn store(conf: &NetConf) -> Result<Store, CniError> {
 }
 
 /// Opens the pod's namespace. A path that does not exist means the container is gone
-/// (code 3: the runtime has nothing to clean up, and nothing was changed).
+/// (code 3: the runtime has nothing to clean up, and nothing was changed). A file that
+/// is not a network namespace, or the namespace the plugin runs in (the node's: ADD would
+/// replace the node's default route), is an invalid environment (code 4).
 fn open_netns(env: &Env) -> Result<NetNs, CniError> {
     let path = env.netns.as_deref().unwrap_or_default();
-    NetNs::open(path).map_err(|e| match e.kind() {
+    let ns = NetNs::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => CniError::new(
             code::UNKNOWN_CONTAINER,
             format!(
@@ -159,7 +162,34 @@ fn open_netns(env: &Env) -> Result<NetNs, CniError> {
                 env.container_id
             ),
         ),
-    })
+    })?;
+    let own = NetNs::current()
+        .and_then(|own| own.id())
+        .map_err(|e| io_error("identify the plugin's own network namespace", e))?;
+    let target = ns
+        .id()
+        .map_err(|e| io_error(format!("identify network namespace {path}"), e))?;
+    if own == target {
+        return Err(CniError::new(
+            code::INVALID_ENVIRONMENT,
+            format!(
+                "container {}: CNI_NETNS={path} is the network namespace podnet-cni runs in (the node's), not a pod's",
+                env.container_id
+            ),
+        )
+        .with_details("pass the path of the pod's own network namespace"));
+    }
+    Ok(ns)
+}
+
+/// Test-only crash injection ([`crate::spec::env::CRASH_AT_VAR`]): dies by SIGKILL, as
+/// if killed from outside, at the chosen pass of `step`.
+fn crash_point(env: &Env, step: &str) {
+    static PASSED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Some(at) = &env.crash_at else { return };
+    if at.step == step && PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == at.nth {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 fn io_error(what: impl std::fmt::Display, e: io::Error) -> CniError {

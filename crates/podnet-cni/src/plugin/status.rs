@@ -1,11 +1,13 @@
 //! STATUS: whether an ADD could succeed now. Code 50 when it cannot: no pod subnet yet
-//! (the node file is missing), or the pool is full.
+//! (the node file is missing), the pool is full, or its lock stays held. An unreadable
+//! pool is not a reason: the next ADD rebuilds it.
 
+use super::pool::read_pool;
 use super::{resolve, Store};
 use crate::ipam::Pool;
-use crate::spec::{code, CniError, NetConf, Version};
+use crate::spec::{code, CniError, Env, NetConf, Version};
 
-pub fn status(conf: &NetConf, version: Version) -> Result<(), CniError> {
+pub fn status(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError> {
     if !version.has_status_and_gc() {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -19,11 +21,9 @@ pub fn status(conf: &NetConf, version: Version) -> Result<(), CniError> {
         Ok(r) => r,
         Err(e) => return not_available(e.msg, e.details),
     };
-    let pool = match Store::new(&r.ipam_dir).read() {
-        Ok(p) => p,
-        Err(e) => {
-            return not_available(format!("cannot read the address pool: {e}"), String::new())
-        }
+    let pool = match read_pool(&Store::new(&r.ipam_dir), env) {
+        Ok(p) => p.unwrap_or_default(),
+        Err(e) => return not_available(e.msg, e.details),
     };
     let in_use = pool.in_use(r.subnet);
     if in_use >= Pool::capacity(r.subnet) {

@@ -202,6 +202,31 @@ impl NetConf {
     }
 }
 
+/// Ranges no pod address may come from: the kernel treats them specially (they would
+/// fail only later, in netlink, after the bridge was made).
+const NOT_UNICAST: [(Ipv4Net, &str); 5] = [
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(0, 0, 0, 0), 8),
+        "\"this network\"",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8),
+        "loopback",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(169, 254, 0, 0), 16),
+        "link-local",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4),
+        "multicast",
+    ),
+    (
+        Ipv4Net::new_assert(Ipv4Addr::new(240, 0, 0, 0), 4),
+        "reserved and broadcast",
+    ),
+];
+
 fn parse_subnet(text: &str) -> Result<Ipv4Net, CniError> {
     let net: Ipv4Net = text.parse().map_err(|_| {
         if text.contains(':') {
@@ -224,6 +249,17 @@ fn parse_subnet(text: &str) -> Result<Ipv4Net, CniError> {
             format!(
                 "subnet {net} is not a network address; did you mean {}?",
                 net.trunc()
+            ),
+        ));
+    }
+    if let Some((range, what)) = NOT_UNICAST
+        .iter()
+        .find(|(range, _)| range.contains(&net.network()) || net.contains(&range.network()))
+    {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "subnet {net} overlaps {range} ({what}): pods need ordinary unicast addresses; use a private range such as 10.244.0.0/16"
             ),
         ));
     }
@@ -371,6 +407,34 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"n","subnet":"fd00::/64"}"#,
                 "IPv6",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"0.0.0.0/0"}"#,
+                "overlaps 0.0.0.0/8",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"224.1.0.0/24"}"#,
+                "multicast",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"192.0.0.0/2"}"#,
+                "multicast",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"240.0.0.0/30"}"#,
+                "reserved",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"127.0.0.0/24"}"#,
+                "loopback",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"169.254.3.0/24"}"#,
+                "link-local",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","subnet":"0.1.0.0/16"}"#,
+                "this network",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","subnet":"10.1.0.0/24","mtu":20}"#,

@@ -1,7 +1,21 @@
 //! The CNI environment: `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`,
-//! `CNI_ARGS`, `CNI_PATH`.
+//! `CNI_ARGS`, `CNI_PATH`; and two variables of podnet's own for tests, which a runtime
+//! never sets: [`LOCK_TIMEOUT_VAR`] and [`CRASH_AT_VAR`].
+
+use std::time::Duration;
 
 use super::error::{code, CniError};
+
+/// How long to wait for the IPAM lock, in milliseconds (default 10 000). For tests.
+pub const LOCK_TIMEOUT_VAR: &str = "PODNET_CNI_LOCK_TIMEOUT_MS";
+
+/// Test-only crash injection: `<step>` or `<step>:<n>` makes the plugin kill itself with
+/// SIGKILL the n-th time (default the first) it reaches the named step, so tests can
+/// stop it between any two of its changes. The steps are listed in docs/cni.md.
+pub const CRASH_AT_VAR: &str = "PODNET_CNI_TEST_CRASH_AT";
+
+/// The default wait for the IPAM lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -34,6 +48,30 @@ pub struct Env {
     pub container_id: String,
     pub netns: Option<String>,
     pub ifname: String,
+    /// How long to wait for the IPAM lock.
+    pub lock_timeout: Duration,
+    /// Where to crash, for tests ([`CRASH_AT_VAR`]).
+    pub crash_at: Option<CrashAt>,
+}
+
+/// A step at which to crash, and at which pass of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashAt {
+    pub step: String,
+    pub nth: u32,
+}
+
+impl CrashAt {
+    fn parse(s: &str) -> Option<CrashAt> {
+        let (step, nth) = match s.split_once(':') {
+            Some((step, n)) => (step, n.parse().ok().filter(|n| *n > 0)?),
+            None => (s, 1),
+        };
+        (!step.is_empty()).then(|| CrashAt {
+            step: step.to_string(),
+            nth,
+        })
+    }
 }
 
 impl Env {
@@ -48,12 +86,29 @@ impl Env {
         let mut container_id = None;
         let mut netns = None;
         let mut ifname = None;
+        let mut lock_timeout = DEFAULT_LOCK_TIMEOUT;
+        let mut crash_at = None;
         for (k, v) in vars {
             match k.as_ref() {
                 "CNI_COMMAND" => command = Some(v.into()),
                 "CNI_CONTAINERID" => container_id = Some(v.into()),
                 "CNI_NETNS" => netns = Some(v.into()),
                 "CNI_IFNAME" => ifname = Some(v.into()),
+                LOCK_TIMEOUT_VAR => {
+                    let v: String = v.into();
+                    let ms: u64 = v.parse().map_err(|_| {
+                        invalid(format!(
+                            "{LOCK_TIMEOUT_VAR}={v:?} is not a number of milliseconds"
+                        ))
+                    })?;
+                    lock_timeout = Duration::from_millis(ms);
+                }
+                CRASH_AT_VAR => {
+                    let v: String = v.into();
+                    crash_at = Some(CrashAt::parse(&v).ok_or_else(|| {
+                        invalid(format!("{CRASH_AT_VAR}={v:?} is not <step> or <step>:<n>"))
+                    })?);
+                }
                 _ => {}
             }
         }
@@ -83,6 +138,8 @@ impl Env {
             container_id,
             netns,
             ifname,
+            lock_timeout,
+            crash_at,
         })
     }
 }
@@ -188,6 +245,37 @@ mod tests {
     fn version_status_gc_need_nothing_else() {
         for c in ["VERSION", "STATUS", "GC"] {
             env(&[("CNI_COMMAND", c)]).expect(c);
+        }
+    }
+
+    #[test]
+    fn test_variables_parse() {
+        let e = env(&[("CNI_COMMAND", "STATUS")]).expect("valid");
+        assert_eq!((e.lock_timeout, e.crash_at), (DEFAULT_LOCK_TIMEOUT, None));
+        let e = env(&[
+            ("CNI_COMMAND", "GC"),
+            (LOCK_TIMEOUT_VAR, "250"),
+            (CRASH_AT_VAR, "gc-cut-off:3"),
+        ])
+        .expect("valid");
+        assert_eq!(e.lock_timeout, Duration::from_millis(250));
+        assert_eq!(
+            e.crash_at,
+            Some(CrashAt {
+                step: "gc-cut-off".into(),
+                nth: 3
+            })
+        );
+        for (k, v) in [
+            (LOCK_TIMEOUT_VAR, "soon"),
+            (LOCK_TIMEOUT_VAR, "-1"),
+            (CRASH_AT_VAR, ""),
+            (CRASH_AT_VAR, "x:0"),
+            (CRASH_AT_VAR, "x:y"),
+        ] {
+            let err = env(&[("CNI_COMMAND", "GC"), (k, v)]).expect_err(v);
+            assert_eq!(err.code, code::INVALID_ENVIRONMENT, "{k}={v}");
+            assert!(err.msg.contains(k), "{}", err.msg);
         }
     }
 

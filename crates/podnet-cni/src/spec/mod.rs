@@ -8,7 +8,7 @@ pub mod result;
 pub mod version;
 
 pub use config::{Attachment, NetConf, NodeConfig, Resolved};
-pub use env::{Command, Env};
+pub use env::{Command, CrashAt, Env};
 pub use error::{code, CniError};
 pub use result::{AddResult, Interface, IpConfig, RouteEntry};
 pub use version::Version;

@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_podnet-cni");
 
+/// The plugin's test-only variables (docs/cni.md).
+pub const CRASH_AT: &str = "PODNET_CNI_TEST_CRASH_AT";
+pub const LOCK_TIMEOUT_MS: &str = "PODNET_CNI_LOCK_TIMEOUT_MS";
+
 pub struct Node {
     pub fx: Fixture,
     pub ns: NetNs,
@@ -69,6 +73,91 @@ impl Node {
             "dataDir": self.data_dir(),
             "nodeConfig": self.node_file(),
         })
+    }
+
+    /// The plugin for `verb` with extra variables (the test-only ones), not started.
+    pub fn command_with(
+        &self,
+        verb: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        extra: &[(&str, &str)],
+    ) -> Command {
+        let mut cmd = self.command(verb, cid, netns, "eth0");
+        cmd.envs(extra.iter().copied());
+        cmd
+    }
+
+    /// Runs the plugin with extra variables and `conf` on stdin.
+    pub fn cni_with(
+        &self,
+        verb: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+        extra: &[(&str, &str)],
+    ) -> Out {
+        finish(
+            &mut self.command_with(verb, cid, netns, extra),
+            conf.to_string().as_bytes(),
+        )
+    }
+
+    /// [`Node::cni_with`], killing the plugin if it has not answered within `limit`
+    /// (then `None`).
+    pub fn cni_within(
+        &self,
+        limit: std::time::Duration,
+        verb: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+        extra: &[(&str, &str)],
+    ) -> Option<Out> {
+        let mut child = self
+            .command_with(verb, cid, netns, extra)
+            .spawn()
+            .expect("start podnet-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write config");
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Some(output(child.wait_with_output().expect("collect output")))
+    }
+
+    /// Runs the plugin with a crash point set ([`CRASH_AT`]); true if it died by SIGKILL.
+    pub fn cni_crashing(
+        &self,
+        verb: &str,
+        cid: &str,
+        netns: Option<&Path>,
+        conf: &Value,
+        step: &str,
+    ) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self
+            .command_with(verb, cid, netns, &[(CRASH_AT, step)])
+            .spawn()
+            .expect("start podnet-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write config");
+        let status = child.wait().expect("wait");
+        status.signal() == Some(9)
     }
 
     fn command(&self, verb: &str, cid: &str, netns: Option<&Path>, ifname: &str) -> Command {
@@ -172,6 +261,83 @@ impl Node {
         }
     }
 
+    /// The addresses that answer on the bridge: every address of a pod interface that is
+    /// up and whose host end is up and attached to the bridge, once per interface holding
+    /// it. `pods` are the namespaces to look in.
+    pub fn answering(&self, pods: &[&NetNs]) -> Vec<String> {
+        let mut node = Netlink::open_in(&self.ns).expect("netlink in node");
+        let Some(bridge) = node.link_by_name("podnet0").expect("lookup") else {
+            return Vec::new();
+        };
+        let ports: Vec<u32> = node
+            .links()
+            .expect("links")
+            .into_iter()
+            .filter(|l| l.master == Some(bridge.index) && l.up)
+            .map(|l| l.index)
+            .collect();
+        let mut ips = Vec::new();
+        for pod in pods {
+            let Ok(mut nl) = Netlink::open_in(pod) else {
+                continue;
+            };
+            for link in nl.links().expect("pod links") {
+                if !link.up || !link.peer.is_some_and(|p| ports.contains(&p)) {
+                    continue;
+                }
+                for a in nl.addresses(link.index).expect("addresses") {
+                    // IPv6 link-local addresses are the kernel's own, unique per link.
+                    if a.addr().is_ipv4() {
+                        ips.push(a.addr().to_string());
+                    }
+                }
+            }
+        }
+        ips.sort();
+        ips
+    }
+
+    /// Addresses that more than one answering interface holds.
+    pub fn duplicates(&self, pods: &[&NetNs]) -> Vec<String> {
+        let mut ips = self.answering(pods);
+        let all = ips.clone();
+        ips.dedup();
+        ips.into_iter()
+            .filter(|ip| all.iter().filter(|a| *a == ip).count() > 1)
+            .collect()
+    }
+
+    pub fn pool_file(&self) -> PathBuf {
+        self.data_dir().join("podnet-test").join("pool.json")
+    }
+
+    /// GC keeping exactly `live` (container IDs, interface eth0).
+    pub fn gc_conf(&self, live: &[String]) -> Value {
+        let mut gc = self.conf("1.1.0");
+        gc["cni.dev/valid-attachments"] = live
+            .iter()
+            .map(|c| json!({"containerID": c, "ifname": "eth0"}))
+            .collect();
+        gc
+    }
+
+    /// Waits until exactly `n` podnet host veths are left (DEL deletes after answering).
+    pub fn assert_host_veths_gone_but(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let left = self.host_veths();
+            if left.len() == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} host veths 2s after DEL and GC, want {n}: {left:?}",
+                left.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// The IPAM pool file's allocations (empty if the pool does not exist).
     pub fn allocations(&self) -> Vec<String> {
         let path = self.data_dir().join("podnet-test").join("pool.json");
@@ -196,7 +362,10 @@ fn finish(cmd: &mut Command, stdin: &[u8]) -> Out {
         .expect("stdin")
         .write_all(stdin)
         .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for podnet-cni");
+    output(child.wait_with_output().expect("wait for podnet-cni"))
+}
+
+fn output(out: std::process::Output) -> Out {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = if stdout.trim().is_empty() {
         Value::Null

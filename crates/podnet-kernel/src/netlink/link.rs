@@ -25,6 +25,12 @@ pub struct Link {
     pub master: Option<u32>,
     /// For VXLAN devices, their tunnel settings.
     pub vxlan: Option<Vxlan>,
+    /// The link's alias (`ip link set ... alias`), where it has one.
+    pub alias: Option<String>,
+    /// For a veth, its peer's index, in the namespace `peer_netnsid` names (or this one).
+    pub peer: Option<u32>,
+    /// The id, in this namespace, of the namespace the peer lives in, if another one.
+    pub peer_netnsid: Option<i32>,
 }
 
 /// The settings of a VXLAN device that podnet cares about.
@@ -60,12 +66,19 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             master: None,
             vxlan: None,
+            alias: None,
+            peer: None,
+            peer_netnsid: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
                 LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+                // A link's IFLA_LINK names itself when it has no lower device.
+                LinkAttribute::Link(l) if *l != msg.header.index => link.peer = Some(*l),
+                LinkAttribute::LinkNetNsId(id) if *id >= 0 => link.peer_netnsid = Some(*id),
                 LinkAttribute::Address(a) => link.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -350,6 +363,57 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+
+    /// The link with index `index` in the namespace this one knows as `netnsid` (a veth
+    /// peer's [`Link::peer_netnsid`]), read without entering that namespace; `None` if
+    /// there is no such link.
+    pub fn link_in_netnsid(&mut self, netnsid: i32, index: u32) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfNetnsId(netnsid));
+        match self.request(
+            || format!("get link {index} in namespace id {netnsid}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(answers) => Ok(answers.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a link's alias, a free text of up to 255 bytes the kernel keeps with it.
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(
+            || format!("set the alias of link {index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .map(drop)
+    }
+
+    /// Takes a link down and off its bridge in one request: it forwards nothing from
+    /// then on, even if something brings it up again.
+    pub fn cut_off(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::empty();
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(0));
+        self.request(
+            || format!("take link {index} down and off its bridge"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+        .map(drop)
     }
 
     /// Deletes a link by name; `Ok(false)` if there was none.
