@@ -517,3 +517,65 @@ fn subnets_that_are_not_plain_unicast_are_refused_before_anything_is_made() {
     }
     assert_nothing_changed(&node);
 }
+
+/// The portMappings capability: ADD records the pod's hostPorts (with its address)
+/// beside the node file for the agent; DEL and GC remove them before freeing the address;
+/// a mapping podnet cannot serve is refused with code 7 before anything is made.
+#[test]
+fn port_mappings_are_recorded_for_the_agent_and_go_with_the_pod() {
+    let mut node = Node::new("cni-hp", "10.244.9.0/24");
+    let a = node.pod("a");
+    let b = node.pod("b");
+    let dir = node.fx.dir().join("hostports");
+    let with = |mappings: serde_json::Value| {
+        let mut c = node.conf("1.1.0");
+        c["capabilities"] = json!({"portMappings": true});
+        c["runtimeConfig"] = json!({"portMappings": mappings});
+        c
+    };
+    let conf =
+        with(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]));
+    let add = node.cni("ADD", "ctr-a", Some(a.path()), &conf);
+    assert!(add.ok, "{add:?}");
+    let ip = pod_ip(&add.json);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the hostports directory")
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), 1);
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files[0].path()).expect("read")).expect("json");
+    assert_eq!(recorded["ip"], ip.as_str());
+    assert_eq!(recorded["containerId"], "ctr-a");
+    assert_eq!(recorded["portMappings"][0]["hostPort"], 8080);
+    assert_eq!(recorded["portMappings"][0]["containerPort"], 80);
+
+    let bad = with(json!([{"hostPort": 9090, "containerPort": 90, "protocol": "icmp"}]));
+    let refused = node.cni("ADD", "ctr-b", Some(b.path()), &bad);
+    assert_eq!(refused.code(), 7, "{refused:?}");
+    assert!(refused.msg().contains("hostPort 9090"), "{refused:?}");
+    assert_eq!(
+        node.host_veths().len(),
+        1,
+        "nothing made for the refused ADD"
+    );
+
+    let add_b = node.cni(
+        "ADD",
+        "ctr-b",
+        Some(b.path()),
+        &with(json!([{"hostPort": 5353, "containerPort": 53, "protocol": "UDP"}])),
+    );
+    assert!(add_b.ok, "{add_b:?}");
+    let del = node.cni("DEL", "ctr-a", Some(a.path()), &conf);
+    assert!(del.ok, "{del:?}");
+    let left = std::fs::read_dir(&dir).expect("dir").count();
+    assert_eq!(left, 1, "DEL removed ctr-a's mappings only");
+    let gc = node.cni("GC", "", None, &node.gc_conf(&[]));
+    assert!(gc.ok, "{gc:?}");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "GC removed the rest"
+    );
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::names::host_veth_alias;
 use super::pool::{open_pool, store_error};
-use super::{attachment, crash_point, kernel_error, open_netns, resolve};
+use super::{attachment, crash_point, hostports, kernel_error, open_netns, resolve};
 use crate::ipam::{Allocation, NetnsRef, Store};
 use crate::spec::{
     code, AddResult, Attachment, CniError, Env, Interface, IpConfig, NetConf, Resolved, Version,
@@ -22,6 +22,7 @@ use crate::spec::{
 
 pub fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniError> {
     let resolved = resolve(conf)?;
+    let mappings = conf.port_mappings()?;
     let pod_ns = open_netns(env)?;
     let cid = &env.container_id;
     let netns = pod_ns
@@ -38,6 +39,7 @@ pub fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniErro
     let known = pool.find(&att).map(|(ip, a)| (ip, a.clone()));
     if let Some((ip, allocation)) = &known {
         if let Some(result) = completed(&resolved, env, &pod_ns, &netns, *ip, allocation)? {
+            hostports::record(conf, &att, *ip, &mappings)?;
             return Ok(result.render(version));
         }
     }
@@ -61,7 +63,9 @@ pub fn add(env: &Env, conf: &NetConf, version: Version) -> Result<Value, CniErro
     let _in_flight = locked.add_in_flight().map_err(store_error)?;
     drop(locked);
     crash_point(env, "add-allocated");
-    match setup(&resolved, &pod_ns, env, &att, ip) {
+    let done = setup(&resolved, &pod_ns, env, &att, ip)
+        .and_then(|result| hostports::record(conf, &att, ip, &mappings).map(|()| result));
+    match done {
         Ok(result) => Ok(result.render(version)),
         Err(e) => {
             // Leave nothing half-applied: the veth pair (taking the pod end with it) and,

@@ -14,7 +14,7 @@
 use podnet_kernel::Netlink;
 
 use super::pool::{read_pool_for_update, store_error};
-use super::{attachment, crash_point, host_veth_name, kernel_error, store, Deferred};
+use super::{attachment, crash_point, host_veth_name, hostports, kernel_error, store, Deferred};
 use crate::spec::{CniError, Env, NetConf};
 
 pub fn del(env: &Env, conf: &NetConf) -> Result<Option<Deferred>, CniError> {
@@ -39,6 +39,8 @@ pub fn del(env: &Env, conf: &NetConf) -> Result<Option<Deferred>, CniError> {
         }
     }
     crash_point(env, "del-cut-off");
+    // Its hostPorts go before its address can be handed to another pod.
+    hostports::forget(conf, &att)?;
     let store = store(conf)?;
     if let Some((locked, mut pool)) = read_pool_for_update(&store, env)? {
         if pool.release(&att).is_some() {

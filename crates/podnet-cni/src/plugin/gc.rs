@@ -11,7 +11,7 @@ use podnet_kernel::{Link, Netlink};
 
 use super::names::is_host_veth_name;
 use super::pool::{is_pod_port, open_pool, store_error};
-use super::{crash_point, host_veth_name, kernel_error, store};
+use super::{crash_point, host_veth_name, hostports, kernel_error, store};
 use crate::spec::{code, CniError, Env, NetConf, Version};
 
 pub fn gc(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError> {
@@ -64,6 +64,9 @@ pub fn gc(env: &Env, conf: &NetConf, version: Version) -> Result<(), CniError> {
         }
         cut.push(link);
     }
+
+    // The hostPorts of what goes, before their addresses are freed.
+    errors.extend(hostports::forget_unless(conf, valid));
 
     // 2. Free (rebuilding the pool from the node first if it was lost: the veths just cut
     // off are no longer on the bridge and are not counted).

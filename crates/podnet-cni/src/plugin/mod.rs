@@ -5,6 +5,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
+mod hostports;
 mod names;
 mod pool;
 mod status;

@@ -47,6 +47,32 @@ pub struct NetConf {
     pub ipam: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// What the runtime passes for the capabilities the conflist declares.
+    pub runtime_config: Option<RuntimeConfig>,
+}
+
+/// `runtimeConfig`: podnet-cni takes `portMappings` (hostPorts).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One hostPort, as the CNI `portMappings` capability describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: String,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
 }
 
 impl NetConf {
@@ -112,6 +138,49 @@ impl NetConf {
             )),
             Some(n) => Ok(n),
         }
+    }
+
+    /// The hostPorts the runtime asked for, checked (code 7 for one podnet cannot map).
+    pub fn port_mappings(&self) -> Result<Vec<PortMapping>, CniError> {
+        let given = self
+            .runtime_config
+            .as_ref()
+            .map(|r| r.port_mappings.as_slice())
+            .unwrap_or_default();
+        given
+            .iter()
+            .map(|m| {
+                let bad = |why: String| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "runtimeConfig.portMappings: hostPort {}: {why}",
+                            m.host_port
+                        ),
+                    )
+                };
+                if m.host_port == 0 || m.container_port == 0 {
+                    return Err(bad("hostPort and containerPort must be 1-65535".into()));
+                }
+                let protocol = m.protocol.to_ascii_lowercase();
+                if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
+                    return Err(bad(format!(
+                        "protocol {:?} is not tcp, udp or sctp",
+                        m.protocol
+                    )));
+                }
+                if !m.host_ip.is_empty() && m.host_ip.parse::<Ipv4Addr>().is_err() {
+                    return Err(bad(format!(
+                        "hostIP {:?}: podnet maps IPv4 addresses only",
+                        m.host_ip
+                    )));
+                }
+                Ok(PortMapping {
+                    protocol,
+                    ..m.clone()
+                })
+            })
+            .collect()
     }
 
     pub fn node_config_path(&self) -> PathBuf {

@@ -7,7 +7,7 @@ pub mod error;
 pub mod result;
 pub mod version;
 
-pub use config::{Attachment, NetConf, NodeConfig, Resolved};
+pub use config::{Attachment, NetConf, NodeConfig, PortMapping, Resolved, RuntimeConfig};
 pub use env::{Command, CrashAt, Env};
 pub use error::{code, CniError};
 pub use result::{AddResult, Interface, IpConfig, RouteEntry};
