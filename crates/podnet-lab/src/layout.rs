@@ -40,6 +40,9 @@ pub struct LabConfig {
     /// The agents run with `--untracked-pod-traffic`.
     #[serde(default)]
     pub untracked_pod_traffic: bool,
+    /// The agents run with `--bridge-netfilter` (bridged pod traffic passes the IP hooks).
+    #[serde(default)]
+    pub bridge_netfilter: bool,
 }
 
 fn default_underlay() -> String {

@@ -466,6 +466,9 @@ impl Agents {
         if shared.config.direct_routing {
             cmd.arg("--direct-routing");
         }
+        if shared.config.bridge_netfilter {
+            cmd.arg("--bridge-netfilter");
+        }
         if shared.config.untracked_pod_traffic {
             cmd.arg("--untracked-pod-traffic");
         }

@@ -210,3 +210,29 @@ fn lab_test_checks_every_group_on_three_nodes_and_cleans_up() {
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["group"] == "egress"));
 }
+
+/// Where br_netfilter sends bridged frames through the IP hooks (kubeadm and Docker
+/// hosts, or --bridge-netfilter), podnet's rules still carry pods and Services.
+#[test]
+fn lab_test_passes_with_br_netfilter_on_for_bridged_traffic() {
+    if !std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        eprintln!(
+            "br_netfilter is not loaded on this machine: the other state is tested elsewhere"
+        );
+        return;
+    }
+    let lab = Lab::up(2, &["--bridge-netfilter"]);
+    let on = lab.exec(
+        "node/node-1",
+        &["cat", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+    );
+    assert_eq!(
+        common::stdout(&on),
+        "1",
+        "node-1 keeps br_netfilter's hooks on"
+    );
+    let (rows, summary, success) = run(&lab, &["--only", "pod-to-pod,pod-to-service"]);
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["ok"] != true).collect();
+    assert!(success && failed.is_empty(), "{summary}\n{failed:#?}");
+    assert!(rows.len() > 10, "{summary}");
+}

@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// The agents let pod-to-pod flows that no Service translates skip conntrack.
     #[arg(long)]
     untracked_pod_traffic: bool,
+    /// The nodes keep br_netfilter's hooks on for bridged pod traffic (bridge-nf-call-*
+    /// at 1, as on kubeadm and Docker hosts) and the agents run with --bridge-netfilter.
+    #[arg(long)]
+    bridge_netfilter: bool,
     /// How long to wait for the lab to be ready.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -104,6 +108,7 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
         underlay: a.underlay.clone(),
         direct_routing: a.direct_routing,
         untracked_pod_traffic: a.untracked_pod_traffic,
+        bridge_netfilter: a.bridge_netfilter,
     };
 
     fs::create_dir_all(layout.dir())
