@@ -346,3 +346,107 @@ fn bad_input_is_refused_whole_with_the_document_and_field() {
         String::from_utf8_lossy(&small.stderr)
     );
 }
+
+/// SIGKILLs a process on drop: a failing test must not leave a stopped supervisor behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Runs `podnet lab --name LAB ARGS...`, killed if it is not done within `limit`: today's
+/// hang must fail the test, not hang it. Returns its output and how long it took.
+fn bounded(lab: &Lab, args: &[&str], limit: Duration) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(PODNET)
+        .args(["lab", "--name", &lab.name])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run podnet");
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "podnet lab {args:?} hung for {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().expect("output"), started.elapsed())
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[test]
+fn a_stopped_supervisor_fails_requests_in_time_and_down_removes_it() {
+    let lab = Lab::up(1, &[]);
+    let pid: i32 = std::fs::read_to_string(lab.dir().join("supervisor.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let _kill = KillOnDrop(pid);
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+
+    let (out, took) = bounded(&lab, &["get", "pods"], Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(15), "get gave up after {took:?}");
+    assert!(
+        err.contains(&format!(
+            "lab {:?} did not answer `get` within 10s: its supervisor (pid {pid}) is stopped; resume it with `kill -CONT {pid}`, or remove the lab with `podnet lab down --name {}`",
+            lab.name, lab.name
+        )),
+        "{err}"
+    );
+
+    let (out, _) = bounded(&lab, &["list"], Duration::from_secs(30));
+    let list = stdout(&out);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&lab.name))
+        .unwrap_or_else(|| panic!("lab list does not show the lab: {list}"));
+    assert!(row.contains("not answering"), "{row}");
+
+    let (out, took) = bounded(&lab, &["down"], Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(8), "down took {took:?}");
+    let said = stdout(&out);
+    let expected = format!(
+        "lab {}: killed the supervisor (pid {pid}), which was stopped (SIGSTOP), ",
+        lab.name
+    );
+    assert!(said.starts_with(&expected), "{said}");
+    assert!(
+        said.contains(" namespaces and /run/podnet/labs/") && !said.contains(" 0 namespaces"),
+        "{said}"
+    );
+    assert!(!alive(pid), "the supervisor survived down");
+    assert!(lab_namespaces(&lab.name).is_empty());
+    assert!(!lab.dir().exists());
+}
