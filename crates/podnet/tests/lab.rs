@@ -450,3 +450,151 @@ fn a_stopped_supervisor_fails_requests_in_time_and_down_removes_it() {
     assert!(lab_namespaces(&lab.name).is_empty());
     assert!(!lab.dir().exists());
 }
+
+/// Supervisors of lab `name` that run (not zombies).
+fn supervisors(name: &str) -> Vec<String> {
+    lab_processes(name)
+        .into_iter()
+        .filter(|l| l.contains(" supervise "))
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .is_some_and(alive)
+        })
+        .collect()
+}
+
+fn assert_nothing_left(lab: &Lab) {
+    assert!(
+        supervisors(&lab.name).is_empty(),
+        "supervisors left: {:?}",
+        supervisors(&lab.name)
+    );
+    assert!(
+        lab_namespaces(&lab.name).is_empty(),
+        "namespaces left: {:?}",
+        lab_namespaces(&lab.name)
+    );
+    assert!(!lab.dir().exists(), "{} is left", lab.dir().display());
+}
+
+#[test]
+fn two_concurrent_ups_of_one_name_make_one_lab_and_the_other_fails_at_once() {
+    let lab = Lab::unstarted();
+    let started = Instant::now();
+    let spawn = || {
+        Command::new(PODNET)
+            .args(["lab", "--name", &lab.name, "up", "--nodes", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start podnet lab up")
+    };
+    let mut ups = vec![spawn(), spawn()];
+    let mut done: Vec<(std::process::Output, Duration)> = Vec::new();
+    while !ups.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "up hung");
+        let mut i = 0;
+        while i < ups.len() {
+            if ups[i].try_wait().expect("wait").is_some() {
+                let out = ups.remove(i).wait_with_output().expect("output");
+                done.push((out, started.elapsed()));
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failed): (Vec<_>, Vec<_>) = done.iter().partition(|(o, _)| o.status.success());
+    let show = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        (ok.len(), failed.len()),
+        (1, 1),
+        "{:?}",
+        done.iter().map(|(o, _)| show(o)).collect::<Vec<_>>()
+    );
+    let (loser, took) = &failed[0];
+    let err = show(loser);
+    assert!(
+        err.contains(&format!(
+            "lab {:?} is being created or already exists",
+            lab.name
+        )),
+        "{err}"
+    );
+    assert!(
+        *took < Duration::from_secs(3),
+        "the second up took {took:?} to fail"
+    );
+    assert_eq!(
+        supervisors(&lab.name).len(),
+        1,
+        "{:?}",
+        lab_processes(&lab.name)
+    );
+    let list = lab.ok(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&lab.name) && l.contains("ready")),
+        "{list}"
+    );
+    let said = lab.ok(&["down"]);
+    assert!(
+        said.starts_with(&format!("lab {}: stopped the supervisor (pid ", lab.name)),
+        "{said}"
+    );
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn a_failed_or_interrupted_up_leaves_nothing_running() {
+    let lab = Lab::unstarted();
+    let out = lab.podnet(&["up", "--nodes", "1", "--timeout", "1ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "lab {:?} was not ready after 1ms, so it was removed again:\nlab {}: ",
+            lab.name, lab.name
+        )),
+        "{err}"
+    );
+    assert_nothing_left(&lab);
+
+    // Ctrl-C once the supervisor is building.
+    let mut up = Command::new(PODNET)
+        .args(["lab", "--name", &lab.name, "up", "--nodes", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start podnet lab up");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            (!lab_namespaces(&lab.name).is_empty()).then_some(())
+        })
+        .is_some(),
+        "the lab never started building"
+    );
+    assert!(Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let started = Instant::now();
+    while up.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = up.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("was interrupted, so it was removed again"),
+        "{err}"
+    );
+    assert_nothing_left(&lab);
+}
