@@ -30,7 +30,8 @@ pub enum Ended {
     ShutDown,
     /// It was stopped (SIGSTOP), so it was killed without asking.
     KilledStopped,
-    /// It did not answer the request to shut down within [`SHUTDOWN_ANSWER`].
+    /// It did not answer the request to shut down within [`SHUTDOWN_ANSWER`] (or was not
+    /// listening yet).
     KilledNoAnswer,
     /// It answered but did not exit within [`SHUTDOWN_EXIT`] (or was stopped meanwhile).
     KilledSlow,
@@ -68,10 +69,9 @@ impl Removed {
             Some((pid, Ended::KilledStopped)) => {
                 format!("killed the supervisor (pid {pid}), which was stopped (SIGSTOP)")
             }
-            Some((pid, Ended::KilledNoAnswer)) => format!(
-                "killed the supervisor (pid {pid}), which did not answer within {}s",
-                SHUTDOWN_ANSWER.as_secs()
-            ),
+            Some((pid, Ended::KilledNoAnswer)) => {
+                format!("killed the supervisor (pid {pid}), which did not answer")
+            }
             Some((pid, Ended::KilledSlow)) => format!(
                 "killed the supervisor (pid {pid}), which did not exit within {}s",
                 SHUTDOWN_EXIT.as_secs()
@@ -307,7 +307,7 @@ mod tests {
         );
         assert_eq!(
             removed(Some((42, Ended::KilledNoAnswer)), 0, 1, false).summary(),
-            "lab x: killed the supervisor (pid 42), which did not answer within 3s, removed 1 namespace"
+            "lab x: killed the supervisor (pid 42), which did not answer, removed 1 namespace"
         );
         assert_eq!(
             removed(None, 1, 0, true).summary(),

@@ -347,6 +347,41 @@ fn bad_input_is_refused_whole_with_the_document_and_field() {
     );
 }
 
+#[test]
+fn a_pod_on_a_node_that_does_not_exist_is_refused_and_down_says_what_it_removed() {
+    let lab = Lab::up(1, &[]);
+    let file = std::env::temp_dir().join(format!("{}-nodename.yaml", lab.name));
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: lost}\nspec: {nodeName: node-9, containers: [{name: c, command: [sleep, '60']}]}\n",
+    )
+    .expect("write");
+    let out = lab.podnet(&["apply", "-f", file.to_str().expect("path")]);
+    let _ = std::fs::remove_file(file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied: {}", stdout(&out));
+    assert!(
+        err.contains("document 1 (Pod default/lost): spec.nodeName \"node-9\" names no node of this lab; its node is node-1"),
+        "{err}"
+    );
+    assert!(lab.items("pods").is_empty());
+
+    let pid = std::fs::read_to_string(lab.dir().join("supervisor.pid")).expect("pid file");
+    assert_eq!(
+        lab.ok(&["down"]).trim(),
+        format!(
+            "lab {}: stopped the supervisor (pid {}), removed 3 namespaces and /run/podnet/labs/{}",
+            lab.name,
+            pid.trim(),
+            lab.name
+        )
+    );
+    assert_eq!(
+        lab.ok(&["down"]).trim(),
+        format!("lab {} does not exist; nothing to remove", lab.name)
+    );
+}
+
 /// SIGKILLs a process on drop: a failing test must not leave a stopped supervisor behind.
 struct KillOnDrop(i32);
 
