@@ -108,7 +108,8 @@ pub fn down(layout: &Layout) -> std::io::Result<Removed> {
         }
     };
     let dir = layout.dir().exists().then(|| layout.dir());
-    let supervisor = supervisor_pid(layout).map(|pid| (pid.as_raw(), stop_supervisor(layout, pid)));
+    let supervisor =
+        find_supervisor(layout).map(|pid| (pid.as_raw(), stop_supervisor(layout, pid)));
     let mut removed = Removed {
         lab: layout.name.clone(),
         supervisor,
@@ -215,10 +216,28 @@ pub fn supervisor_pid(layout: &Layout) -> Option<Pid> {
         .trim()
         .parse()
         .ok()?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    is_supervisor(layout, pid).then(|| Pid::from_raw(pid))
+}
+
+/// Whether `pid` is a `podnet lab supervise` of this lab.
+fn is_supervisor(layout: &Layout, pid: i32) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args.contains(&b"supervise".as_slice()) && args.contains(&layout.name.as_bytes());
-    ours.then(|| Pid::from_raw(pid))
+    args.contains(&b"supervise".as_slice()) && args.contains(&layout.name.as_bytes())
+}
+
+/// The supervisor's pid from its pid file or, if that is gone, from the supervisor itself.
+fn find_supervisor(layout: &Layout) -> Option<Pid> {
+    supervisor_pid(layout).or_else(|| {
+        let st = Client::new(layout)
+            .with_timeout(SHUTDOWN_ANSWER)
+            .status()
+            .ok()?;
+        let pid = i32::try_from(st.supervisor_pid).ok()?;
+        is_supervisor(layout, pid).then(|| Pid::from_raw(pid))
+    })
 }
 
 /// SIGKILLs every process whose network namespace is one of `names`; returns how many.

@@ -276,7 +276,16 @@ fn down_after_kill_9_of_the_supervisor_leaves_nothing_behind() {
     assert!(!pod_pids.is_empty(), "the pods' processes should still run");
 
     let out = lab.ok(&["down"]);
-    assert!(out.contains("removed"), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "lab {}: no supervisor was running, killed ",
+            lab.name
+        )) && out.contains(" processes left in its namespaces, removed ")
+            && out
+                .trim_end()
+                .ends_with(&format!(" namespaces and /run/podnet/labs/{}", lab.name)),
+        "{out}"
+    );
     assert!(
         lab_namespaces(&lab.name).is_empty(),
         "namespaces left: {:?}",
