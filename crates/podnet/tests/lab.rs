@@ -473,6 +473,18 @@ fn a_stopped_supervisor_fails_requests_in_time_and_down_removes_it() {
         .unwrap_or_else(|| panic!("lab list does not show the lab: {list}"));
     assert!(row.contains("not answering"), "{row}");
 
+    let (out, took) = bounded(&lab, &["up", "--nodes", "1"], Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(1), "a second up took {took:?}");
+    assert!(
+        err.contains(&format!(
+            "lab {:?} is being created or already exists (its supervisor, pid {pid}, holds",
+            lab.name
+        )),
+        "{err}"
+    );
+
     let (out, took) = bounded(&lab, &["down"], Duration::from_secs(30));
     assert!(
         out.status.success(),

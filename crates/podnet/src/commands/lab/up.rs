@@ -53,8 +53,12 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
     let client = super::client(layout).with_timeout(Duration::from_secs(2));
     let lock = match LabLock::acquire(layout) {
         Ok(lock) => lock,
-        Err(e @ LockError::Held { .. }) => match client.status() {
-            Ok(st) => bail!(
+        // Say how the lab is, if its supervisor can answer (a stopped one cannot).
+        Err(e @ LockError::Held { .. }) => match teardown::supervisor_pid(layout)
+            .filter(|pid| !teardown::is_stopped(*pid))
+            .and_then(|_| client.status().ok())
+        {
+            Some(st) => bail!(
                 "lab {:?} already exists ({} nodes, {}, {}); use it, or remove it with `podnet lab down --name {}`",
                 layout.name,
                 st.config.nodes,
@@ -62,7 +66,7 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
                 st.phase,
                 layout.name
             ),
-            Err(_) => return Err(e.into()),
+            None => return Err(e.into()),
         },
         Err(e) => return Err(e.into()),
     };
