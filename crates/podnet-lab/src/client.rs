@@ -21,9 +21,13 @@ use crate::api::{AppliedObject, LabStatus, ObjectList, Request, WatchEvent};
 use crate::layout::Layout;
 use crate::teardown;
 
-/// How long a request may take by default. The supervisor answers in milliseconds (an
-/// apply of 10,000 Services in well under a second); only a stopped or hung one is slower.
+/// How long a request may take by default. The supervisor answers in milliseconds; only a
+/// stopped or hung one is slower.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// An apply is parsed and admitted whole before it is answered (20,000 objects, about 6 MB,
+/// take 1.4 s in a release build, more in a debug one): its deadline grows by a second for
+/// every this many bytes of YAML.
+const APPLY_BYTES_PER_SECOND: usize = 100_000;
 /// An idle watch carries a bookmark every second; this much silence means the supervisor
 /// is gone or stopped.
 pub const WATCH_SILENCE: Duration = Duration::from_secs(5);
@@ -90,8 +94,18 @@ impl Client {
         self.layout.name.clone()
     }
 
-    /// Turns an I/O error of `op` into what the user needs to know.
-    fn error(&self, op: &'static str, e: io::Error) -> ClientError {
+    /// How long `req` may take.
+    fn timeout_of(&self, req: &Request) -> Duration {
+        match req {
+            Request::Apply { yaml } => {
+                self.timeout + Duration::from_secs((yaml.len() / APPLY_BYTES_PER_SECOND) as u64)
+            }
+            _ => self.timeout,
+        }
+    }
+
+    /// Turns an I/O error of `req` into what the user needs to know.
+    fn error(&self, req: &Request, e: io::Error) -> ClientError {
         match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
                 lab: self.lab(),
@@ -99,8 +113,8 @@ impl Client {
             },
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
                 lab: self.lab(),
-                op,
-                after: self.timeout,
+                op: req.op(),
+                after: self.timeout_of(req),
                 hint: unresponsive_hint(&self.layout),
             },
             _ => ClientError::Io {
@@ -112,21 +126,20 @@ impl Client {
 
     /// Connects and sends `req`, all before `deadline`.
     fn open(&self, req: &Request, deadline: Instant) -> Result<UnixStream, ClientError> {
-        let op = req.op();
-        let stream = connect(&self.socket, deadline).map_err(|e| self.error(op, e))?;
+        let stream = connect(&self.socket, deadline).map_err(|e| self.error(req, e))?;
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol {
             lab: self.lab(),
             detail: e.to_string(),
         })?;
         line.push(b'\n');
-        write_all(&stream, &line, deadline).map_err(|e| self.error(op, e))?;
+        write_all(&stream, &line, deadline).map_err(|e| self.error(req, e))?;
         Ok(stream)
     }
 
     fn call<T: DeserializeOwned>(&self, req: &Request) -> Result<T, ClientError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.timeout_of(req);
         let stream = self.open(req, deadline)?;
-        let line = read_line(&stream, deadline).map_err(|e| self.error(req.op(), e))?;
+        let line = read_line(&stream, deadline).map_err(|e| self.error(req, e))?;
         let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
             lab: self.lab(),
             detail: e.to_string(),
@@ -197,10 +210,10 @@ impl Client {
             kinds: kinds.to_vec(),
             resource_version,
         };
-        let stream = self.open(&req, Instant::now() + self.timeout)?;
+        let stream = self.open(&req, Instant::now() + self.timeout_of(&req))?;
         stream
             .set_read_timeout(Some(WATCH_SILENCE))
-            .map_err(|e| self.error(req.op(), e))?;
+            .map_err(|e| self.error(&req, e))?;
         Ok(Watch {
             lab: self.lab(),
             stream,
