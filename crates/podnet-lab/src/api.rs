@@ -47,6 +47,24 @@ pub enum Request {
     Shutdown,
 }
 
+impl Request {
+    /// The request's name on the wire, for messages.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Apply { .. } => "apply",
+            Request::Delete { .. } => "delete",
+            Request::Get { .. } => "get",
+            Request::List { .. } => "list",
+            Request::Watch { .. } => "watch",
+            Request::Annotate { .. } => "annotate",
+            Request::AddNode => "addNode",
+            Request::RemoveNode { .. } => "removeNode",
+            Request::Shutdown => "shutdown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabStatus {

@@ -122,6 +122,11 @@ impl Layout {
         self.dir().join("lab.json")
     }
 
+    /// Held (flock) by `lab up` and then by the supervisor: one lab of a name at a time.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir().join("lock")
+    }
+
     pub fn pid_file(&self) -> PathBuf {
         self.dir().join("supervisor.pid")
     }

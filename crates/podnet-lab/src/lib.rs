@@ -8,6 +8,7 @@
 //! - [`fabric`]: builds and removes the lab's namespaces and links;
 //! - [`kubelet`]: runs pods: namespace, CNI, processes, readiness;
 //! - [`controllers`]: scheduling, Deployments and EndpointSlices;
+//! - [`lock`]: one lab of a name at a time, from `lab up` to the supervisor's exit;
 //! - [`supervisor`]: the background process that ties them together;
 //! - [`teardown`]: removes a lab, also after its supervisor crashed.
 
@@ -17,6 +18,7 @@ pub mod controllers;
 pub mod fabric;
 pub mod kubelet;
 pub mod layout;
+pub mod lock;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use podnet_model::objects::parse_documents;
+use podnet_model::objects::parse_numbered_documents;
 use podnet_model::Kind;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -38,9 +38,9 @@ fn handle(stream: UnixStream, shared: &Shared) -> io::Result<()> {
     match req {
         Request::Status => reply(&stream, Ok(shared.status())),
         Request::Apply { yaml } => {
-            let result = parse_documents(&yaml)
+            let result = parse_numbered_documents(&yaml)
+                .and_then(|docs| shared.with_store(|s| s.apply(docs)))
                 .map_err(|e| e.to_string())
-                .and_then(|objs| shared.with_store(|s| s.apply(objs)))
                 .map(|applied| {
                     applied
                         .into_iter()

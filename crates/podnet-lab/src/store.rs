@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use podnet_model::k8s_openapi::api::core::v1::Service;
+use podnet_model::k8s_openapi::api::core::v1::{PodSpec, Service};
 use podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use podnet_model::k8s_openapi::jiff::Timestamp;
-use podnet_model::objects::DEFAULT_NAMESPACE;
+use podnet_model::objects::{DocumentError, DEFAULT_NAMESPACE};
 use podnet_model::{Kind, Object, ObjectRef};
 use serde::{Deserialize, Serialize};
 
@@ -190,17 +190,21 @@ impl Store {
             .collect())
     }
 
-    /// Applies user objects (`lab apply`): all of them or none.
-    pub fn apply(&mut self, objs: Vec<Object>) -> Result<Vec<(ObjectRef, Applied)>, String> {
-        let batch_namespaces: BTreeSet<String> = objs
+    /// Applies user objects (`lab apply`), each with its position in the input: all of them
+    /// or none; a refusal names the document and the object.
+    pub fn apply(
+        &mut self,
+        docs: Vec<(usize, Object)>,
+    ) -> Result<Vec<(ObjectRef, Applied)>, DocumentError> {
+        let batch_namespaces: BTreeSet<String> = docs
             .iter()
-            .filter(|o| o.kind() == Kind::Namespace)
-            .map(|o| o.name().to_string())
+            .filter(|(_, o)| o.kind() == Kind::Namespace)
+            .map(|(_, o)| o.name().to_string())
             .collect();
         // Admission of the whole batch first, against a scratch copy of the allocations
         // (made only when the batch has a Service: with 10,000 of them it is not free).
-        let mut admitted = Vec::with_capacity(objs.len());
-        let services = objs.iter().any(|o| o.kind() == Kind::Service);
+        let mut admitted = Vec::with_capacity(docs.len());
+        let services = docs.iter().any(|(_, o)| o.kind() == Kind::Service);
         let mut taken_ips = if services {
             self.allocated_cluster_ips()
         } else {
@@ -211,8 +215,13 @@ impl Store {
         } else {
             BTreeMap::new()
         };
-        for obj in objs {
+        for (document, obj) in docs {
             let r = obj.reference();
+            let refuse = |msg: String| DocumentError {
+                document,
+                what: Some(r.to_string()),
+                msg,
+            };
             if let Some(ns) = &r.namespace {
                 let exists = self
                     .get(&ObjectRef {
@@ -222,14 +231,14 @@ impl Store {
                     })
                     .is_some();
                 if !exists && !batch_namespaces.contains(ns) {
-                    return Err(format!(
-                        "{r}: namespace {ns:?} does not exist; create it first"
-                    ));
+                    return Err(refuse(format!(
+                        "namespace {ns:?} does not exist; create it first"
+                    )));
                 }
             }
             let obj = self
                 .admit(obj, &mut taken_ips, &mut taken_ports)
-                .map_err(|m| format!("{r}: {m}"))?;
+                .map_err(refuse)?;
             admitted.push(obj);
         }
         Ok(admitted
@@ -239,6 +248,35 @@ impl Store {
                 (r, self.put(o))
             })
             .collect())
+    }
+
+    /// Refuses a `nodeName` that names no node: the pod could never run, and would go
+    /// as soon as its kubelet found no node for it.
+    fn check_node_name(&self, spec: Option<&PodSpec>, field: &str) -> Result<(), String> {
+        let Some(name) = spec.and_then(|s| s.node_name.as_deref()) else {
+            return Ok(());
+        };
+        if name.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<&str> = self
+            .list(Kind::Node, None)
+            .into_iter()
+            .map(Object::name)
+            .collect();
+        if nodes.contains(&name) {
+            return Ok(());
+        }
+        Err(match nodes.as_slice() {
+            [] => format!("{field}.nodeName {name:?} names no node: the lab has none"),
+            [one] => format!(
+                "{field}.nodeName {name:?} names no node of this lab; its node is {one} (or leave nodeName out to let the scheduler choose)"
+            ),
+            [init @ .., last] => format!(
+                "{field}.nodeName {name:?} names no node of this lab; its nodes are {} and {last} (or leave nodeName out to let the scheduler choose)",
+                init.join(", ")
+            ),
+        })
     }
 
     fn admit(
@@ -273,6 +311,7 @@ impl Store {
                 Ok(Object::Pod(new))
             }
             (Object::Pod(mut new), None) => {
+                self.check_node_name(new.spec.as_ref(), "spec")?;
                 new.status = None;
                 new.metadata.deletion_timestamp = None;
                 Ok(Object::Pod(new))
@@ -284,6 +323,11 @@ impl Store {
                 };
                 self.admit_service(new, old, ips, ports)
                     .map(Object::Service)
+            }
+            (Object::Deployment(d), _) => {
+                let template = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+                self.check_node_name(template, "spec.template.spec")?;
+                Ok(Object::Deployment(d))
             }
             (other, _) => Ok(other),
         }
@@ -449,14 +493,15 @@ fn merge_annotations(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podnet_model::objects::parse_documents;
+    use podnet_model::objects::parse_numbered_documents;
 
     fn store() -> Store {
         Store::new("10.96.0.0/16".parse().expect("cidr"))
     }
 
     fn apply(s: &mut Store, yaml: &str) -> Result<Vec<(ObjectRef, Applied)>, String> {
-        s.apply(parse_documents(yaml).expect("valid yaml"))
+        s.apply(parse_numbered_documents(yaml).expect("valid yaml"))
+            .map_err(|e| e.to_string())
     }
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n";
@@ -500,7 +545,7 @@ mod tests {
             .replace("name: web", "name: api")
             .replace("spec: {", "spec: {clusterIP: 10.96.0.10, ");
         let err = apply(&mut s, &other).expect_err("conflict");
-        assert_eq!(err, "Service default/api: spec.clusterIP 10.96.0.10 is already allocated to Service default/web");
+        assert_eq!(err, "document 1 (Service default/api): spec.clusterIP 10.96.0.10 is already allocated to Service default/web");
         let outside = SVC
             .replace("name: web", "name: x")
             .replace("spec: {", "spec: {clusterIP: 10.1.0.5, ");
@@ -588,5 +633,47 @@ mod tests {
         s.remove(&r);
         let ev = s.events_since(rv, &kinds).expect("in the log");
         assert_eq!(ev.last().map(|e| e.kind), Some(EventType::Deleted));
+    }
+
+    fn with_nodes(names: &[&str]) -> Store {
+        let mut s = store();
+        for n in names {
+            let node = podnet_model::k8s_openapi::api::core::v1::Node {
+                metadata:
+                    podnet_model::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                        name: Some(n.to_string()),
+                        ..Default::default()
+                    },
+                ..Default::default()
+            };
+            s.put(Object::Node(node));
+        }
+        s
+    }
+
+    #[test]
+    fn a_node_name_that_names_no_node_is_refused_with_the_nodes_there_are() {
+        let mut s = with_nodes(&["node-1", "node-2"]);
+        let pod = |node: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: a}}\nspec: {{nodeName: {node}, containers: [{{name: c, command: [x]}}]}}\n")
+        };
+        let before = s.resource_version();
+        assert_eq!(
+            apply(&mut s, &pod("node-9")).expect_err("no such node"),
+            "document 2 (Pod a/p): spec.nodeName \"node-9\" names no node of this lab; its nodes are node-1 and node-2 (or leave nodeName out to let the scheduler choose)"
+        );
+        assert_eq!(
+            s.resource_version(),
+            before,
+            "nothing of the batch was applied"
+        );
+        apply(&mut s, &pod("node-2")).expect("an existing node");
+
+        let deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec: {nodeName: nope, containers: [{name: c, command: [x]}]}\n";
+        let mut one = with_nodes(&["node-1"]);
+        assert_eq!(
+            apply(&mut one, deploy).expect_err("no such node"),
+            "document 1 (Deployment default/d): spec.template.spec.nodeName \"nope\" names no node of this lab; its node is node-1 (or leave nodeName out to let the scheduler choose)"
+        );
     }
 }

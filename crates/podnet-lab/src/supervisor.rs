@@ -25,6 +25,7 @@ use crate::controllers;
 use crate::fabric;
 use crate::kubelet::{cni, Kubelet};
 use crate::layout::{self, LabConfig, Layout};
+use crate::lock::LabLock;
 use crate::store::Store;
 
 /// State shared by the supervisor's threads.
@@ -200,8 +201,9 @@ fn total_steps(nodes: usize) -> u64 {
     1 + 2 * nodes as u64
 }
 
-/// Runs the supervisor of lab `config.name` until it is told to shut down.
-pub fn run(config: LabConfig, exe: PathBuf) -> Result<(), SupervisorError> {
+/// Runs the supervisor of lab `config.name` until it is told to shut down, holding the
+/// lab's lock until everything of the lab is gone.
+pub fn run(config: LabConfig, exe: PathBuf, lock: LabLock) -> Result<(), SupervisorError> {
     let layout = Layout::new(&config.name).map_err(SupervisorError::Setup)?;
     let setup = |what: &str, e: std::io::Error| SupervisorError::Setup(format!("{what}: {e}"));
     fs::create_dir_all(layout.dir()).map_err(|e| setup("create the lab's state directory", e))?;
@@ -296,6 +298,7 @@ pub fn run(config: LabConfig, exe: PathBuf) -> Result<(), SupervisorError> {
     let _ = fs::remove_file(layout.socket());
     let _ = crate::teardown::remove_namespaces(&layout);
     let _ = fs::remove_dir_all(layout.dir());
+    drop(lock);
     Ok(())
 }
 

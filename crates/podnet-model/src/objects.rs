@@ -259,6 +259,15 @@ pub struct DocumentError {
 /// Parses multi-document YAML (or JSON) into objects, fills in the default namespace, and
 /// validates every document. Nothing is returned unless every document is valid.
 pub fn parse_documents(text: &str) -> Result<Vec<Object>, DocumentError> {
+    Ok(parse_numbered_documents(text)?
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect())
+}
+
+/// [`parse_documents`], each object with its 1-based position in the input, so that what
+/// is refused later (at admission) can be named by its document too.
+pub fn parse_numbered_documents(text: &str) -> Result<Vec<(usize, Object)>, DocumentError> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -337,7 +346,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Object>, DocumentError> {
                 "the same object appears twice in this input".into(),
             ));
         }
-        out.push(obj);
+        out.push((document, obj));
     }
     Ok(out)
 }

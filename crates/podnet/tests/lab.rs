@@ -276,7 +276,16 @@ fn down_after_kill_9_of_the_supervisor_leaves_nothing_behind() {
     assert!(!pod_pids.is_empty(), "the pods' processes should still run");
 
     let out = lab.ok(&["down"]);
-    assert!(out.contains("removed"), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "lab {}: no supervisor was running, killed ",
+            lab.name
+        )) && out.contains(" processes left in its namespaces, removed ")
+            && out
+                .trim_end()
+                .ends_with(&format!(" namespaces and /run/podnet/labs/{}", lab.name)),
+        "{out}"
+    );
     assert!(
         lab_namespaces(&lab.name).is_empty(),
         "namespaces left: {:?}",
@@ -345,4 +354,303 @@ fn bad_input_is_refused_whole_with_the_document_and_field() {
         "{}",
         String::from_utf8_lossy(&small.stderr)
     );
+}
+
+#[test]
+fn a_pod_on_a_node_that_does_not_exist_is_refused_and_down_says_what_it_removed() {
+    let lab = Lab::up(1, &[]);
+    let file = std::env::temp_dir().join(format!("{}-nodename.yaml", lab.name));
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: lost}\nspec: {nodeName: node-9, containers: [{name: c, command: [sleep, '60']}]}\n",
+    )
+    .expect("write");
+    let out = lab.podnet(&["apply", "-f", file.to_str().expect("path")]);
+    let _ = std::fs::remove_file(file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "applied: {}", stdout(&out));
+    assert!(
+        err.contains("document 1 (Pod default/lost): spec.nodeName \"node-9\" names no node of this lab; its node is node-1"),
+        "{err}"
+    );
+    assert!(lab.items("pods").is_empty());
+
+    let pid = std::fs::read_to_string(lab.dir().join("supervisor.pid")).expect("pid file");
+    assert_eq!(
+        lab.ok(&["down"]).trim(),
+        format!(
+            "lab {}: stopped the supervisor (pid {}), removed 3 namespaces and /run/podnet/labs/{}",
+            lab.name,
+            pid.trim(),
+            lab.name
+        )
+    );
+    assert_eq!(
+        lab.ok(&["down"]).trim(),
+        format!("lab {} does not exist; nothing to remove", lab.name)
+    );
+}
+
+/// SIGKILLs a process on drop: a failing test must not leave a stopped supervisor behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Runs `podnet lab --name LAB ARGS...`, killed if it is not done within `limit`: today's
+/// hang must fail the test, not hang it. Returns its output and how long it took.
+fn bounded(lab: &Lab, args: &[&str], limit: Duration) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(PODNET)
+        .args(["lab", "--name", &lab.name])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run podnet");
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "podnet lab {args:?} hung for {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().expect("output"), started.elapsed())
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[test]
+fn a_stopped_supervisor_fails_requests_in_time_and_down_removes_it() {
+    let lab = Lab::up(1, &[]);
+    let pid: i32 = std::fs::read_to_string(lab.dir().join("supervisor.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let _kill = KillOnDrop(pid);
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+
+    let (out, took) = bounded(&lab, &["get", "pods"], Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(15), "get gave up after {took:?}");
+    assert!(
+        err.contains(&format!(
+            "lab {:?} did not answer `get` within 10s: its supervisor (pid {pid}) is stopped; resume it with `kill -CONT {pid}`, or remove the lab with `podnet lab down --name {}`",
+            lab.name, lab.name
+        )),
+        "{err}"
+    );
+
+    let (out, _) = bounded(&lab, &["list"], Duration::from_secs(30));
+    let list = stdout(&out);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with(&lab.name))
+        .unwrap_or_else(|| panic!("lab list does not show the lab: {list}"));
+    assert!(row.contains("not answering"), "{row}");
+
+    let (out, took) = bounded(&lab, &["up", "--nodes", "1"], Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(took < Duration::from_secs(1), "a second up took {took:?}");
+    assert!(
+        err.contains(&format!(
+            "lab {:?} is being created or already exists (its supervisor, pid {pid}, holds",
+            lab.name
+        )),
+        "{err}"
+    );
+
+    let (out, took) = bounded(&lab, &["down"], Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(8), "down took {took:?}");
+    let said = stdout(&out);
+    let expected = format!(
+        "lab {}: killed the supervisor (pid {pid}), which was stopped (SIGSTOP), ",
+        lab.name
+    );
+    assert!(said.starts_with(&expected), "{said}");
+    assert!(
+        said.contains(" namespaces and /run/podnet/labs/") && !said.contains(" 0 namespaces"),
+        "{said}"
+    );
+    assert!(!alive(pid), "the supervisor survived down");
+    assert!(lab_namespaces(&lab.name).is_empty());
+    assert!(!lab.dir().exists());
+}
+
+/// Supervisors of lab `name` that run (not zombies).
+fn supervisors(name: &str) -> Vec<String> {
+    lab_processes(name)
+        .into_iter()
+        .filter(|l| l.contains(" supervise "))
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .is_some_and(alive)
+        })
+        .collect()
+}
+
+fn assert_nothing_left(lab: &Lab) {
+    assert!(
+        supervisors(&lab.name).is_empty(),
+        "supervisors left: {:?}",
+        supervisors(&lab.name)
+    );
+    assert!(
+        lab_namespaces(&lab.name).is_empty(),
+        "namespaces left: {:?}",
+        lab_namespaces(&lab.name)
+    );
+    assert!(!lab.dir().exists(), "{} is left", lab.dir().display());
+}
+
+#[test]
+fn two_concurrent_ups_of_one_name_make_one_lab_and_the_other_fails_at_once() {
+    let lab = Lab::unstarted();
+    let started = Instant::now();
+    let spawn = || {
+        Command::new(PODNET)
+            .args(["lab", "--name", &lab.name, "up", "--nodes", "1"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start podnet lab up")
+    };
+    let mut ups = vec![spawn(), spawn()];
+    let mut done: Vec<(std::process::Output, Duration)> = Vec::new();
+    while !ups.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "up hung");
+        let mut i = 0;
+        while i < ups.len() {
+            if ups[i].try_wait().expect("wait").is_some() {
+                let out = ups.remove(i).wait_with_output().expect("output");
+                done.push((out, started.elapsed()));
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, failed): (Vec<_>, Vec<_>) = done.iter().partition(|(o, _)| o.status.success());
+    let show = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        (ok.len(), failed.len()),
+        (1, 1),
+        "{:?}",
+        done.iter().map(|(o, _)| show(o)).collect::<Vec<_>>()
+    );
+    let (loser, took) = &failed[0];
+    let err = show(loser);
+    assert!(
+        err.contains(&format!(
+            "lab {:?} is being created or already exists",
+            lab.name
+        )),
+        "{err}"
+    );
+    assert!(
+        *took < Duration::from_secs(3),
+        "the second up took {took:?} to fail"
+    );
+    assert_eq!(
+        supervisors(&lab.name).len(),
+        1,
+        "{:?}",
+        lab_processes(&lab.name)
+    );
+    let list = lab.ok(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&lab.name) && l.contains("ready")),
+        "{list}"
+    );
+    let said = lab.ok(&["down"]);
+    assert!(
+        said.starts_with(&format!("lab {}: stopped the supervisor (pid ", lab.name)),
+        "{said}"
+    );
+    assert_nothing_left(&lab);
+}
+
+#[test]
+fn a_failed_or_interrupted_up_leaves_nothing_running() {
+    let lab = Lab::unstarted();
+    let out = lab.podnet(&["up", "--nodes", "1", "--timeout", "1ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "lab {:?} was not ready after 1ms, so it was removed again:\nlab {}: ",
+            lab.name, lab.name
+        )),
+        "{err}"
+    );
+    assert_nothing_left(&lab);
+
+    // Ctrl-C once the supervisor is building.
+    let mut up = Command::new(PODNET)
+        .args(["lab", "--name", &lab.name, "up", "--nodes", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start podnet lab up");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            (!lab_namespaces(&lab.name).is_empty()).then_some(())
+        })
+        .is_some(),
+        "the lab never started building"
+    );
+    assert!(Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let started = Instant::now();
+    while up.try_wait().expect("wait").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = up.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("was interrupted, so it was removed again"),
+        "{err}"
+    );
+    assert_nothing_left(&lab);
 }

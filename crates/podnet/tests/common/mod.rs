@@ -88,7 +88,8 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn up(nodes: usize, extra: &[&str]) -> Lab {
+    /// A unique lab name, not built yet (the test runs `up` itself); removed on drop.
+    pub fn unstarted() -> Lab {
         podnet_testkit::require_root();
         ensure_plugin_built();
         sweep_stale();
@@ -98,7 +99,11 @@ impl Lab {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let lab = Lab { name };
+        Lab { name }
+    }
+
+    pub fn up(nodes: usize, extra: &[&str]) -> Lab {
+        let lab = Lab::unstarted();
         let nodes = nodes.to_string();
         let mut args = vec!["up", "--nodes", nodes.as_str()];
         args.extend_from_slice(extra);

@@ -1,5 +1,8 @@
 //! `podnet lab list`.
 
+use std::time::Duration;
+
+use podnet_lab::client::ClientError;
 use podnet_lab::layout::LabConfig;
 use podnet_lab::{teardown, Client, Layout};
 
@@ -26,8 +29,13 @@ pub fn run() -> anyhow::Result<u8> {
         let config: Option<LabConfig> = std::fs::read(layout.config_file())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let status = match Client::new(&layout).status() {
+        // A status answer takes milliseconds; don't let one stopped lab hold up the list.
+        let client = Client::new(&layout).with_timeout(Duration::from_secs(2));
+        let status = match client.status() {
             Ok(st) => st.phase,
+            Err(ClientError::Timeout { .. }) => {
+                "not answering (`podnet lab down` removes it)".into()
+            }
             Err(_) => "down (run `podnet lab down` to clean up)".into(),
         };
         let c = |f: fn(&LabConfig) -> String| config.as_ref().map(f).unwrap_or_else(|| "?".into());

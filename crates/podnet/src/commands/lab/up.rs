@@ -1,4 +1,5 @@
-//! `podnet lab up`: starts the supervisor in the background and shows its progress.
+//! `podnet lab up`: takes the lab's lock, starts the supervisor in the background (handing
+//! it the lock) and shows its progress; if the lab does not become ready, removes it again.
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -10,7 +11,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ipnet::Ipv4Net;
 use podnet_lab::layout::{self, LabConfig};
-use podnet_lab::Layout;
+use podnet_lab::lock::{LabLock, LockError};
+use podnet_lab::{teardown, Client, Layout};
 use podnet_model::cidr;
 
 #[derive(Args)]
@@ -50,26 +52,72 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab creates network namespaces: run as root");
     }
-    let client = super::client(layout);
-    if let Ok(st) = client.status() {
+    let config = config(layout, &a)?;
+    // A status answer takes milliseconds; a stopped supervisor must not stall `up`.
+    let client = super::client(layout).with_timeout(Duration::from_secs(2));
+    let lock = match LabLock::acquire(layout) {
+        Ok(lock) => lock,
+        // Say how the lab is, if its supervisor can answer (a stopped one cannot).
+        Err(e @ LockError::Held { .. }) => match teardown::supervisor_pid(layout)
+            .filter(|pid| !teardown::is_stopped(*pid))
+            .and_then(|_| client.status().ok())
+        {
+            Some(st) => bail!(
+                "lab {:?} already exists ({} nodes, {}, {}); use it, or remove it with `podnet lab down --name {}`",
+                layout.name,
+                st.config.nodes,
+                st.config.backend,
+                st.phase,
+                layout.name
+            ),
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(what) = leftovers(layout)? {
+        if lock.created_dir() {
+            let _ = fs::remove_dir_all(layout.dir());
+        }
         bail!(
-            "lab {:?} already exists ({} nodes, {}, {}); use it, or remove it with `podnet lab down --name {}`",
+            "lab {:?} has leftovers of an earlier run whose supervisor is gone ({what}); remove them with `podnet lab down --name {}`",
             layout.name,
-            st.config.nodes,
-            st.config.backend,
-            st.phase,
             layout.name
         );
     }
-    if layout.dir().exists()
-        || !podnet_kernel::netns::list_named(&layout.netns_prefix())?.is_empty()
-    {
-        bail!(
-            "lab {:?} has leftovers of an earlier run whose supervisor is gone; remove them with `podnet lab down --name {}`",
-            layout.name,
-            layout.name
-        );
+    let t0 = Instant::now();
+    let interrupt = interrupt::Guard::install();
+    let started = start(layout, &config, &lock, a.timeout, &client);
+    drop(interrupt);
+    if let Err(e) = started {
+        // A failed `up` leaves nothing running: no supervisor, no namespaces, no state.
+        let log = log_tail(layout, 12);
+        let removed = match teardown::down(layout) {
+            Ok(r) => r.summary(),
+            Err(r) => format!(
+                "removing it failed too: {r}; run `podnet lab down --name {}`",
+                layout.name
+            ),
+        };
+        bail!("{e:#}, so it was removed again:\n{removed}{log}");
     }
+    // The supervisor holds the lock now; closing our descriptor leaves it held.
+    drop(lock);
+    println!(
+        "lab {} is up: {} nodes ({}, {} underlay), pods {}, services {} ({:.1}s)",
+        layout.name,
+        config.nodes,
+        config.backend,
+        config.underlay,
+        config.pod_cidr,
+        config.service_cidr,
+        t0.elapsed().as_secs_f64()
+    );
+    super::get::print_nodes(&super::client(layout), false)?;
+    Ok(0)
+}
+
+/// The lab's configuration from the flags, checked.
+fn config(layout: &Layout, a: &UpArgs) -> anyhow::Result<LabConfig> {
     if a.nodes == 0 || a.nodes > layout::MAX_NODES {
         bail!(
             "--nodes {} is out of range (1-{})",
@@ -99,7 +147,7 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
                 .map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?,
         );
     }
-    let config = LabConfig {
+    Ok(LabConfig {
         name: layout.name.clone(),
         nodes: a.nodes,
         backend: a.backend.clone(),
@@ -109,19 +157,44 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
         direct_routing: a.direct_routing,
         untracked_pod_traffic: a.untracked_pod_traffic,
         bridge_netfilter: a.bridge_netfilter,
-    };
+    })
+}
 
-    fs::create_dir_all(layout.dir())
-        .with_context(|| format!("create {}", layout.dir().display()))?;
+/// What an earlier lab of this name left (its supervisor is gone: we hold the lock).
+fn leftovers(layout: &Layout) -> anyhow::Result<Option<String>> {
+    let namespaces = podnet_kernel::netns::list_named(&layout.netns_prefix())?;
+    if !namespaces.is_empty() {
+        return Ok(Some(format!("{} namespaces", namespaces.len())));
+    }
+    let lock = layout.lock_file();
+    let files = fs::read_dir(layout.dir())
+        .with_context(|| format!("read {}", layout.dir().display()))?
+        .flatten()
+        .filter(|e| e.path() != lock)
+        .count();
+    Ok((files > 0).then(|| format!("files in {}", layout.dir().display())))
+}
+
+/// Starts the supervisor, hands it the lock, and shows its progress until the lab is
+/// ready.
+fn start(
+    layout: &Layout,
+    config: &LabConfig,
+    lock: &LabLock,
+    timeout: Duration,
+    client: &Client,
+) -> anyhow::Result<()> {
     let log = fs::File::create(layout.supervisor_log()).context("create the supervisor log")?;
     let exe = std::env::current_exe().context("find the podnet binary")?;
     let mut cmd = Command::new(&exe);
     cmd.args(["lab", "supervise", "--name", &layout.name])
         .arg("--config")
-        .arg(serde_json::to_string(&config)?)
+        .arg(serde_json::to_string(config)?)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    let fd = lock.inherit(&mut cmd);
+    cmd.arg("--lock-fd").arg(fd.to_string());
     // Its own session: the supervisor outlives this command and the user's shell.
     // SAFETY: setsid is async-signal-safe.
     unsafe {
@@ -132,6 +205,8 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
         });
     }
     let mut child = cmd.spawn().context("start the lab supervisor")?;
+    // Recorded at once, so that `down` finds the supervisor even before it writes this.
+    fs::write(layout.pid_file(), child.id().to_string()).context("write the pid file")?;
 
     let bar = ProgressBar::new(1);
     bar.set_style(
@@ -143,15 +218,11 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
     );
     bar.set_prefix(layout.name.clone());
     bar.enable_steady_tick(Duration::from_millis(100));
-    let deadline = Instant::now() + a.timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             bar.abandon();
-            bail!(
-                "the supervisor exited ({status}); see {} and run `podnet lab down --name {}`",
-                layout.supervisor_log().display(),
-                layout.name
-            );
+            bail!("the supervisor of lab {:?} exited ({status})", layout.name);
         }
         if let Ok(st) = client.status() {
             bar.set_length(st.total);
@@ -161,39 +232,91 @@ pub fn run(layout: &Layout, a: UpArgs) -> anyhow::Result<u8> {
                 "ready" => break,
                 "failed" => {
                     bar.abandon();
-                    bail!(
-                        "building lab {:?} failed: {}; remove what was made with `podnet lab down --name {}`",
-                        layout.name,
-                        st.message,
-                        layout.name
-                    );
+                    bail!("building lab {:?} failed: {}", layout.name, st.message);
                 }
                 _ => {}
             }
         }
+        if interrupt::happened() {
+            bar.abandon();
+            bail!("`podnet lab up` of lab {:?} was interrupted", layout.name);
+        }
         if Instant::now() > deadline {
             bar.abandon();
             bail!(
-                "lab {:?} was not ready after {}; see {} (`podnet lab down --name {}` removes it)",
+                "lab {:?} was not ready after {}",
                 layout.name,
-                humantime::format_duration(a.timeout),
-                layout.supervisor_log().display(),
-                layout.name
+                humantime::format_duration(timeout)
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     bar.finish_and_clear();
-    println!(
-        "lab {} is up: {} nodes ({}, {} underlay), pods {}, services {} ({:.1}s)",
-        layout.name,
-        a.nodes,
-        a.backend,
-        a.underlay,
-        pod_cidr,
-        service_cidr,
-        bar.elapsed().as_secs_f64()
-    );
-    super::get::print_nodes(&super::client(layout), false)?;
-    Ok(0)
+    Ok(())
+}
+
+/// The last `n` lines of the supervisor's log, indented, to show before it is removed.
+fn log_tail(layout: &Layout, n: usize) -> String {
+    let Ok(text) = fs::read_to_string(layout.supervisor_log()) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("\nthe supervisor's log ended with:\n{tail}")
+}
+
+/// Ctrl-C (or SIGTERM) while the lab is being built: stop waiting and remove what was
+/// made, instead of leaving a half-built lab running.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: nix::libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+
+    /// The handlers, installed while it lives; the earlier ones come back on drop.
+    pub struct Guard(Vec<(Signal, SigAction)>);
+
+    impl Guard {
+        pub fn install() -> Guard {
+            INTERRUPTED.store(false, Ordering::SeqCst);
+            let action = SigAction::new(
+                SigHandler::Handler(on_signal),
+                SaFlags::SA_RESTART,
+                SigSet::empty(),
+            );
+            let mut old = Vec::new();
+            for sig in [Signal::SIGINT, Signal::SIGTERM] {
+                // SAFETY: the handler only stores to an atomic.
+                if let Ok(prev) = unsafe { sigaction(sig, &action) } {
+                    old.push((sig, prev));
+                }
+            }
+            Guard(old)
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            for (sig, prev) in &self.0 {
+                // SAFETY: restores what was there before.
+                let _ = unsafe { sigaction(*sig, prev) };
+            }
+        }
+    }
+
+    pub fn happened() -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
 }
