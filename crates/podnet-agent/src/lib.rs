@@ -10,6 +10,7 @@
 pub mod cni_config;
 pub mod config;
 pub mod dataplane;
+pub mod drift;
 pub mod health;
 pub mod plan;
 pub mod ruleset;
