@@ -475,6 +475,22 @@ fn lists_chains_and_rules_and_tells_every_change_to_them() {
         s.nft.list_table("podnet").expect("list"),
         Some(before.clone())
     );
+    // Written again the same: the same rules (whatever their handles).
+    let script = s._fx.dir().join("again.nft");
+    std::fs::write(
+        &script,
+        format!("add table inet podnet\ndelete table inet podnet\n{TABLE}"),
+    )
+    .expect("write the script");
+    run_nft(&s.ns, &["-f", script.to_str().expect("utf-8 path")]);
+    let again = s.nft.list_table("podnet").expect("list").expect("table");
+    let rule = |l: &podnet_kernel::nftables::Listing| l.chains["lb-2"].rules[0].clone();
+    assert_eq!(rule(&again).content, rule(&before).content);
+    assert_eq!(
+        again.chains["lb-2"].definition,
+        before.chains["lb-2"].definition
+    );
+    let before = again;
 
     // Each change shows in the listing and starts a new generation.
     let mut last = before.clone();
