@@ -373,7 +373,13 @@ impl Watch {
             Notice::Generation {
                 id, pid, process, ..
             } => {
-                let changes = std::mem::take(&mut self.open);
+                let mut changes = std::mem::take(&mut self.open);
+                // Deleting the table deletes everything in it, one notice each: the
+                // table says it all.
+                let gone = format!("delete table {}", self.table);
+                if changes.contains(&gone) {
+                    changes = vec![gone];
+                }
                 if !changes.is_empty() {
                     self.foreign.push(id);
                     self.suspect(format!("{process} (pid {pid}): {}", named(&changes)));
@@ -731,6 +737,20 @@ mod tests {
             Some("nft (pid 4242): delete element service-ips")
         );
         assert!(!w.is_due(), "taken");
+
+        w.notice(change("delete rule", "podnet", "services"));
+        w.notice(Notice::Change {
+            what: "delete table",
+            family: INET,
+            table: "podnet".into(),
+            object: None,
+            portid: 4242,
+        });
+        w.notice(generation(9));
+        assert_eq!(
+            w.take().as_deref(),
+            Some("nft (pid 4242): delete table podnet")
+        );
 
         w.notice(Notice::Lost);
         assert_eq!(
