@@ -6,7 +6,8 @@
 //! - listing every element of the table over netlink, and encoding what the agent
 //!   wants for the comparison;
 //! - from the agent noticing a change to the end of its repair (comparison included):
-//!   one deleted `service-ips` element, one element someone added, a flushed chain.
+//!   one deleted `service-ips` element, one element someone added, a flushed chain;
+//! - a periodic full comparison that finds nothing.
 //!
 //! Needs root: `sudo cargo bench -p podnet-agent --bench drift`
 
@@ -61,7 +62,7 @@ fn main() {
 
     // Encoding what the agent wants, as a comparison does (pure).
     let t = Instant::now();
-    let wanted = proxy.table.want().wanted().expect("encodable");
+    let wanted = proxy.table.want().wanted(|_| true).expect("encodable");
     let encoded: usize = wanted.values().map(|w| w.len()).sum();
     println!("encode the wanted elements ({encoded}): {:?}", t.elapsed());
     drop(wanted);
@@ -145,6 +146,22 @@ fn main() {
             dp.sync_nft(&mut proxy.table, &health).expect("repair");
             println!("{what}: compared and repaired in {:?}", t.elapsed());
         }
+        // Nothing changed: the periodic full comparison, due within 10 s.
+        let since = Instant::now();
+        while !dp.drift_suspected() {
+            assert!(
+                since.elapsed() < Duration::from_secs(15),
+                "no periodic check"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let t = Instant::now();
+        let sent = dp.sync_nft(&mut proxy.table, &health).expect("check");
+        assert_eq!(sent, 0, "nothing to repair");
+        println!(
+            "periodic full comparison (nothing differs): {:?}",
+            t.elapsed()
+        );
     });
     agent.join().expect("the agent thread");
 }

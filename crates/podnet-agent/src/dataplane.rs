@@ -12,7 +12,7 @@ use podnet_kernel::netlink::{format_mac, Fdb, Neighbour, VxlanSpec};
 use podnet_kernel::nftables::{Change, Listing, Monitor, NfTables, NftError};
 use podnet_kernel::{nft, sysctl, Netlink, NetlinkError, Route};
 
-use crate::drift::{self, Report, Watch};
+use crate::drift::{self, Due, Report, Watch};
 use crate::health::Health;
 use crate::plan::{Desired, PeerRoute, Underlay, VXLAN_DEVICE};
 use crate::ruleset::{self, Ruleset, Tracked, Transaction};
@@ -342,25 +342,28 @@ impl Dataplane {
         if !self.drift_suspected() {
             return Ok(sent);
         }
-        let cause = self
-            .nft
-            .watch
-            .take()
-            .unwrap_or_else(|| "periodic check".into());
+        let mut due = self.nft.watch.take().unwrap_or_default();
+        if Instant::now() >= self.nft.next_check {
+            due.merge(Due::everything("periodic check"));
+        }
         let started = Instant::now();
-        let report = self.compare(table.want())?;
+        let report = self.compare(table.want(), &due)?;
         let took = started.elapsed();
         health.drift_checked(took);
-        self.nft.next_check = Instant::now() + (took * DRIFT_CHECK_SHARE).max(DRIFT_CHECK);
+        if due.all_sets {
+            self.nft.next_check = Instant::now() + (took * DRIFT_CHECK_SHARE).max(DRIFT_CHECK);
+        }
         tracing::debug!(
-            "compared podnet's nftables table with what it wrote in {took:?} ({cause})"
+            "compared podnet's nftables table with what it wrote in {took:?} ({})",
+            due.why
         );
         if report.is_empty() {
             return Ok(sent);
         }
         tracing::warn!(
-            "podnet's nftables table differs from what podnet wrote (seen after: {cause}): \
-             {report}; repairing it"
+            "podnet's nftables table differs from what podnet wrote (seen after: {}): \
+             {report}; repairing it",
+            due.why
         );
         let repaired = if report.needs_rewrite() {
             table.failed();
@@ -396,7 +399,7 @@ impl Dataplane {
     fn read_notices(&mut self) {
         match self.nft.monitor.read() {
             Ok(notices) => notices.into_iter().for_each(|n| self.nft.watch.notice(n)),
-            Err(e) => self.nft.watch.suspect(e.to_string()),
+            Err(e) => self.nft.watch.suspect(Due::everything(&e.to_string())),
         }
     }
 
@@ -502,15 +505,16 @@ impl Dataplane {
         if after == before.wrapping_add(1) {
             return Ok(Some(after));
         }
-        self.nft.watch.suspect(format!(
+        self.nft.watch.suspect(Due::everything(&format!(
             "{} other nftables commits while podnet committed",
             after.wrapping_sub(before).wrapping_sub(1)
-        ));
+        )));
         Ok(None)
     }
 
-    /// Compares podnet's table in the kernel with what the agent committed.
-    fn compare(&mut self, want: &Ruleset) -> Result<Report, DataplaneError> {
+    /// Compares podnet's table in the kernel with what the agent committed: its chains
+    /// and rules, and the elements of the sets `due` covers.
+    fn compare(&mut self, want: &Ruleset, due: &Due) -> Result<Report, DataplaneError> {
         let io = |what: String| move |source| DataplaneError::Io { what, source };
         let Some(listing) = self
             .nftnl
@@ -523,7 +527,7 @@ impl Dataplane {
         if let Some(committed) = &self.nft.committed_rules {
             drift::compare_chains(committed, &listing, &mut report);
         }
-        let wanted = match want.wanted() {
+        let wanted = match want.wanted(|set| due.covers(set)) {
             Ok(wanted) => wanted,
             Err(e) => {
                 tracing::warn!("{e}; comparing podnet's nftables rules but not its elements");

@@ -327,18 +327,57 @@ pub fn compare_chains(committed: &Listing, have: &Listing, report: &mut Report) 
     );
 }
 
+/// A comparison to make: why, and which sets' elements it compares. Chains and rules
+/// are always compared: listing them costs little, as they hold no elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Due {
+    pub why: String,
+    /// Every set's elements (after lost notifications, in a periodic check)...
+    pub all_sets: bool,
+    /// ...or those of the sets someone else's transactions touched.
+    pub sets: BTreeSet<String>,
+}
+
+impl Due {
+    /// A comparison of everything.
+    pub fn everything(why: &str) -> Due {
+        Due {
+            why: why.to_string(),
+            all_sets: true,
+            sets: BTreeSet::new(),
+        }
+    }
+
+    /// Whether it compares the elements of `set`.
+    pub fn covers(&self, set: &str) -> bool {
+        self.all_sets || self.sets.contains(set)
+    }
+
+    /// Adds `other`'s reasons and sets.
+    pub fn merge(&mut self, other: Due) {
+        if !self.why.contains(&other.why) {
+            if !self.why.is_empty() {
+                self.why.push_str("; ");
+            }
+            self.why.push_str(&other.why);
+        }
+        self.all_sets |= other.all_sets;
+        self.sets.extend(other.sets);
+    }
+}
+
 /// Reads the kernel's nftables notifications and says when a comparison is due: after
 /// a transaction of someone else's touched the table, or when notifications were lost.
 /// The agent's own commits are not notified to it (it stops listening while it commits:
-/// otherwise the kernel would build a notification for each of its elements, tripling
-/// the time a whole table takes).
+/// otherwise the kernel would build a notification for each of its elements).
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
     table: String,
-    /// What the transaction being notified did to the table so far.
+    /// What the transaction being notified did to the table so far, and to which sets'
+    /// elements.
     open: Vec<String>,
-    /// Why a comparison is due, if it is.
-    due: Option<String>,
+    open_sets: BTreeSet<String>,
+    due: Option<Due>,
     /// Generations of transactions of others that touched the table since the agent's
     /// own last commit.
     foreign: Vec<u32>,
@@ -361,12 +400,17 @@ impl Watch {
                 object,
                 ..
             } if family == INET && table == self.table => {
-                let change = match object {
+                let change = match &object {
                     Some(o) => format!("{what} {o}"),
                     None => format!("{what} {table}"),
                 };
                 if !self.open.contains(&change) {
                     self.open.push(change);
+                }
+                if let (true, Some(set)) =
+                    (what.ends_with(" element") || what.ends_with(" set"), object)
+                {
+                    self.open_sets.insert(set);
                 }
             }
             Notice::Change { .. } => {}
@@ -374,6 +418,7 @@ impl Watch {
                 id, pid, process, ..
             } => {
                 let mut changes = std::mem::take(&mut self.open);
+                let sets = std::mem::take(&mut self.open_sets);
                 // Deleting the table deletes everything in it, one notice each: the
                 // table says it all.
                 let gone = format!("delete table {}", self.table);
@@ -382,27 +427,28 @@ impl Watch {
                 }
                 if !changes.is_empty() {
                     self.foreign.push(id);
-                    self.suspect(format!("{process} (pid {pid}): {}", named(&changes)));
+                    self.suspect(Due {
+                        why: format!("{process} (pid {pid}): {}", named(&changes)),
+                        all_sets: false,
+                        sets,
+                    });
                 }
             }
             Notice::Lost => {
                 // What was open may have been the start of a transaction whose end was
                 // lost.
                 self.open.clear();
-                self.suspect("nftables notifications were lost".into());
+                self.open_sets.clear();
+                self.suspect(Due::everything("nftables notifications were lost"));
             }
         }
     }
 
-    /// A comparison is due, for `why`.
-    pub fn suspect(&mut self, why: String) {
+    /// A comparison is due.
+    pub fn suspect(&mut self, due: Due) {
         match &mut self.due {
-            Some(due) if due.contains(&why) => {}
-            Some(due) => {
-                due.push_str("; ");
-                due.push_str(&why);
-            }
-            None => self.due = Some(why),
+            Some(d) => d.merge(due),
+            None => self.due = Some(due),
         }
     }
 
@@ -410,8 +456,8 @@ impl Watch {
         self.due.is_some()
     }
 
-    /// Why a comparison is due, if it is; it is not any more.
-    pub fn take(&mut self) -> Option<String> {
+    /// The comparison that is due, if one is; it is not any more.
+    pub fn take(&mut self) -> Option<Due> {
         self.due.take()
     }
 
@@ -732,11 +778,17 @@ mod tests {
         w.notice(change("delete element", "podnet", "service-ips"));
         w.notice(generation(8));
         assert!(w.is_due());
-        assert_eq!(
-            w.take().as_deref(),
-            Some("nft (pid 4242): delete element service-ips")
-        );
+        // Only the set it touched needs its elements compared.
+        let due = w.take().expect("due");
+        assert_eq!(due.why, "nft (pid 4242): delete element service-ips");
+        assert!(due.covers("service-ips") && !due.covers("ep-2"));
         assert!(!w.is_due(), "taken");
+        // Rules: chains and rules are compared in any case.
+        w.notice(change("delete rule", "podnet", "services"));
+        w.notice(generation(9));
+        let due = w.take().expect("due");
+        assert_eq!(due.why, "nft (pid 4242): delete rule services");
+        assert!(due.sets.is_empty() && !due.all_sets);
 
         w.notice(change("delete rule", "podnet", "services"));
         w.notice(Notice::Change {
@@ -746,17 +798,22 @@ mod tests {
             object: None,
             portid: 4242,
         });
-        w.notice(generation(9));
+        w.notice(generation(10));
         assert_eq!(
-            w.take().as_deref(),
+            w.take().map(|d| d.why).as_deref(),
             Some("nft (pid 4242): delete table podnet")
         );
 
+        // Two transactions before a look: one comparison, of what both touched.
+        w.notice(change("add element", "podnet", "nodes"));
+        w.notice(generation(11));
         w.notice(Notice::Lost);
+        let due = w.take().expect("due");
         assert_eq!(
-            w.take().as_deref(),
-            Some("nftables notifications were lost")
+            due.why,
+            "nft (pid 4242): add element nodes; nftables notifications were lost"
         );
+        assert!(due.covers("ep-2"), "after a loss, every set");
     }
 
     #[test]

@@ -105,12 +105,15 @@ impl Ruleset {
 
     /// The elements the agent wants, as the kernel stores them, in each set and map of
     /// the table whose elements it writes (not those the datapath fills, such as
-    /// affinity's), for a drift check to compare with the kernel's.
-    pub fn wanted(&self) -> Result<BTreeMap<&str, WantSet<'_>>, String> {
+    /// affinity's) and `only` names, for a drift check to compare with the kernel's.
+    pub fn wanted(
+        &self,
+        only: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<&str, WantSet<'_>>, String> {
         let sets = self.sets();
         self.elements
             .iter()
-            .filter(|(set, _)| sets.contains(*set))
+            .filter(|(set, _)| sets.contains(*set) && only(set))
             .map(|(set, items)| {
                 let wanted = items
                     .iter()
@@ -1146,7 +1149,14 @@ mod tests {
             assert!(sets.contains(set), "{set}: {sets:?}");
         }
         assert!(!sets.contains("ep-3"));
-        let wanted = want.wanted().expect("encodable");
+        let wanted = want.wanted(|_| true).expect("encodable");
+        assert_eq!(
+            want.wanted(|set| set == "ep-2")
+                .expect("encodable")
+                .keys()
+                .collect::<Vec<_>>(),
+            [&"ep-2"]
+        );
         // Affinity's sets are filled by packets, not by podnet: not compared.
         assert_eq!(
             wanted.keys().copied().collect::<Vec<_>>(),
