@@ -68,6 +68,9 @@ struct NftState {
     /// The table's chains and rules as listed right after the agent last wrote them.
     committed_rules: Option<Listing>,
     next_check: Instant,
+    /// What differs, while repairing it fails (the whole table is written again at
+    /// every sync until it goes through).
+    unrepaired: Option<Report>,
 }
 
 impl Dataplane {
@@ -88,6 +91,7 @@ impl Dataplane {
                 watch: Watch::new(ruleset::TABLE),
                 committed_rules: None,
                 next_check: Instant::now() + DRIFT_CHECK,
+                unrepaired: None,
             },
         })
     }
@@ -338,7 +342,13 @@ impl Dataplane {
         table: &mut Tracked,
         health: &Health,
     ) -> Result<usize, DataplaneError> {
-        let sent = self.commit_table(table)?;
+        let committed = self.commit_table(table);
+        let sent = committed.map_err(|e| self.unrepaired(e))?;
+        // A repair that failed went through with this commit (the whole table).
+        if let Some(report) = self.nft.unrepaired.take() {
+            tracing::info!("repaired podnet's nftables table");
+            health.repaired(&report.kinds());
+        }
         if !self.drift_suspected() {
             return Ok(sent);
         }
@@ -380,11 +390,20 @@ impl Dataplane {
             }
             Err(e) => {
                 table.failed();
-                Err(DataplaneError::Drift {
-                    report: report.to_string(),
-                    source: Box::new(e),
-                })
+                self.nft.unrepaired = Some(report);
+                Err(self.unrepaired(e))
             }
+        }
+    }
+
+    /// `e`, saying what differs while a repair is due.
+    fn unrepaired(&self, e: DataplaneError) -> DataplaneError {
+        match &self.nft.unrepaired {
+            Some(report) => DataplaneError::Drift {
+                report: report.to_string(),
+                source: Box::new(e),
+            },
+            None => e,
         }
     }
 
@@ -502,7 +521,8 @@ impl Dataplane {
             .generation()
             .map_err(io("after committing to podnet's nftables table"))?;
         result?;
-        if after == before.wrapping_add(1) {
+        // A commit that changed nothing (elements already there) starts no generation.
+        if after == before.wrapping_add(1) || after == before {
             return Ok(Some(after));
         }
         self.nft.watch.suspect(Due::everything(&format!(

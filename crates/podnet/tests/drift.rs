@@ -1,19 +1,17 @@
 //! Changes made to podnet's nftables table behind the agent's back (as a person or
 //! another program would make them, with `nft` in the node) are repaired within a
-//! second, the agent says what it repaired, counts it, and the Service works again. On
-//! a lab; run as root.
+//! second, the agent says what it repaired, counts it, and the Service works again;
+//! while it cannot repair them, `/readyz` says what differs. On a lab; run as root.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, Lab};
-use podnet_kernel::nftables::{ElementData, Listing};
-use podnet_kernel::{NetNs, NfTables};
+use podnet_kernel::NetNs;
 use serde_json::Value;
 
 /// Two probe servers behind Service `web` and a client pod, all on node-1.
@@ -52,18 +50,12 @@ const REPAIR: Duration = Duration::from_secs(1);
 
 struct Node {
     ns: NetNs,
-    /// nf_tables netlink in the node: cheap enough to poll every few milliseconds.
-    nft: NfTables,
 }
 
 impl Node {
     fn open(lab: &Lab) -> Node {
         let ns = NetNs::open_named(&format!("pnlab_{}_node-1", lab.name)).expect("node-1");
-        let nft = ns
-            .run(NfTables::open)
-            .expect("enter node-1")
-            .expect("nf_tables socket");
-        Node { ns, nft }
+        Node { ns }
     }
 
     /// `nft ARGS` in the node, as a person would run it there.
@@ -90,27 +82,10 @@ impl Node {
             .unwrap_or_else(|| panic!("no rule with {text:?} in {chain}:\n{listing}"))
     }
 
-    /// Each chain's rules, handles left out: what makes the table work.
-    fn rules(&mut self) -> BTreeMap<String, Vec<Vec<u8>>> {
-        let listing: Listing = self
-            .nft
-            .list_table("podnet")
-            .expect("list the table")
-            .expect("podnet's table");
-        listing
-            .chains
-            .into_iter()
-            .map(|(name, c)| (name, c.rules.into_iter().map(|r| r.content).collect()))
-            .collect()
-    }
-
-    fn has_element(&mut self, set: &str, key: &[u8]) -> bool {
-        self.nft
-            .list_elements("podnet", set)
-            .expect("list elements")
-            .unwrap_or_default()
-            .iter()
-            .any(|e| e.key == key && matches!(e.data, ElementData::Goto(_)))
+    /// The table as `nft list` shows it: rules (without handles, and anonymous sets
+    /// written out, whatever the kernel named them) and elements.
+    fn table(&self) -> String {
+        self.nft(&["list", "table", "inet", "podnet"])
     }
 
     /// GET on the agent's health server, in the node: (status, body).
@@ -176,7 +151,7 @@ fn log(lab: &Lab) -> String {
 }
 
 #[test]
-fn flushed_chains_deleted_elements_and_deleted_or_changed_rules_are_repaired_within_a_second() {
+fn drift_is_repaired_within_a_second_and_unready_while_it_cannot_be() {
     let lab = Lab::up(1, &[]);
     lab.apply(APP);
     lab.wait_ready("deployment/web", "30s");
@@ -188,22 +163,17 @@ fn flushed_chains_deleted_elements_and_deleted_or_changed_rules_are_repaired_wit
         .is_some(),
         "the Service does not work to begin with"
     );
-    let mut node = Node::open(&lab);
+    let node = Node::open(&lab);
     // The agent's own changes (the table, the Service's elements and load-balancing
     // chain) are not drift.
     for kind in ["table", "chain", "rule", "set", "element"] {
         assert_eq!(node.repairs(kind), 0, "{kind} repairs before any drift");
     }
-    let good = node.rules();
-    let vip: Vec<u8> = {
-        let mut k: Vec<u8> = ip
-            .split('.')
-            .map(|o| o.parse::<u8>().expect("octet"))
-            .collect();
-        k.extend_from_slice(&[6, 0, 0, 0, 0, 80, 0, 0]);
-        k
-    };
-    assert!(node.has_element("service-ips", &vip));
+    let good = node.table();
+    assert!(
+        good.contains(&format!("{ip} . tcp . 80 : goto lb-2")),
+        "{good}"
+    );
 
     let element = format!("{{ {ip} . tcp . 80 }}");
     let vmap = "vmap @service-ips";
@@ -270,12 +240,12 @@ fn flushed_chains_deleted_elements_and_deleted_or_changed_rules_are_repaired_wit
         node.nft(&args);
         let changed = Instant::now();
         // What the change did is there until the agent repairs it.
-        let broken = node.rules() != good || !node.has_element("service-ips", &vip);
+        let broken = node.table() != good;
         assert!(broken, "{what}: nft changed nothing");
         // Polled finely: this is the figure the test reports.
         let mut repaired = None;
         while repaired.is_none() && changed.elapsed() < 2 * REPAIR {
-            if node.rules() == good && node.has_element("service-ips", &vip) {
+            if node.table() == good {
                 repaired = Some(changed.elapsed());
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -311,6 +281,56 @@ fn flushed_chains_deleted_elements_and_deleted_or_changed_rules_are_repaired_wit
             "{what}: ready"
         );
     }
+
+    // Someone takes the table over: an owned table only the process that made it may
+    // change, gone when that process ends. Repairing fails, and /readyz says what differs,
+    // until they let go.
+    let mut holder = podnet_testkit::in_netns(Command::new("nft").arg("-i"), &node.ns)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run nft -i");
+    let mut stdin = holder.stdin.take().expect("nft's stdin");
+    writeln!(
+        stdin,
+        "delete table inet podnet; add table inet podnet {{ flags owner; }}"
+    )
+    .expect("take the table over");
+    let table_repairs = node.repairs("chain");
+    let unready = eventually(Duration::from_secs(3), || {
+        let (code, why) = node.health("/readyz");
+        (code == 503).then_some(why)
+    });
+    let why = unready.unwrap_or_else(|| panic!("still ready; agent log:\n{}", log(&lab)));
+    assert!(
+        why.contains("podnet's nftables table differs from what podnet wrote: chains of podnet's nftables table are gone (")
+            && why.contains("repairing it failed"),
+        "/readyz: {why}"
+    );
+    assert!(
+        !service_works(&lab, &ip),
+        "the Service works without its rules"
+    );
+    drop(stdin);
+    let _ = holder.wait();
+    let ready = eventually(Duration::from_secs(3), || {
+        (node.health("/readyz").0 == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "not ready after the table was let go: {:?}; agent log:\n{}",
+        node.health("/readyz"),
+        log(&lab)
+    );
+    assert_eq!(node.table(), good, "the table is podnet's again");
+    assert!(service_works(&lab, &ip), "the Service works again");
+    assert_eq!(
+        node.repairs("chain"),
+        table_repairs + 1,
+        "counted once repaired"
+    );
+
     for (what, took) in times {
         eprintln!("{what}: repaired in {took:?}");
     }
