@@ -419,14 +419,6 @@ impl NfTables {
         Ok(())
     }
 
-    /// The netlink port id of this socket: the kernel's notifications of what a batch
-    /// committed through it carry it (see [`Monitor`]).
-    pub fn portid(&self) -> io::Result<u32> {
-        let mut addr = SocketAddr::new(0, 0);
-        self.socket.get_address(&mut addr)?;
-        Ok(addr.port_number())
-    }
-
     /// Sends one request for the inet family and collects its answers until the ack
     /// (`NLM_F_ACK`) or the end of the dump (`NLM_F_DUMP`).
     fn request(

@@ -592,8 +592,8 @@ fn notifications_name_who_committed_what() {
             .expect("subscribe to nftables notifications");
     assert_eq!(monitor.read().expect("read"), []);
 
-    // A batch of podnet's own: its socket's port id.
-    let own = s.nft.portid().expect("port id");
+    // A batch of podnet's own: its changes, then the generation it started, both with
+    // the port id of its socket.
     s.nft
         .commit(
             "podnet",
@@ -609,6 +609,9 @@ fn notifications_name_who_committed_what() {
         .expect("commit");
     let generation = s.nft.generation().expect("generation");
     let notices = monitor.read().expect("read");
+    let Some(Notice::Change { portid: own, .. }) = notices.first() else {
+        panic!("no change notified: {notices:?}");
+    };
     assert_eq!(
         notices[0],
         Notice::Change {
@@ -616,15 +619,21 @@ fn notifications_name_who_committed_what() {
             family: 1,
             table: "podnet".into(),
             object: Some("nodes".into()),
-            portid: own,
+            portid: *own,
         }
     );
     match notices.last() {
         Some(Notice::Generation { id, portid, .. }) => {
-            assert_eq!((*id, *portid), (generation, own), "{notices:?}")
+            assert_eq!((*id, portid), (generation, own), "{notices:?}")
         }
         other => panic!("no generation after the change: {other:?}"),
     }
+
+    // Not heard while paused, heard again once resumed.
+    monitor.pause().expect("pause");
+    run_nft(&s.ns, &["add", "rule", "inet", "podnet", "lb-2", "accept"]);
+    monitor.resume().expect("resume");
+    assert_eq!(monitor.read().expect("read"), []);
 
     // Someone else's: nft's pid, and its name.
     let pid = nft_pid(&s.ns, &["flush", "chain", "inet", "podnet", "lb-2"]);

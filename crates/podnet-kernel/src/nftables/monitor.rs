@@ -2,9 +2,10 @@
 //! NFNLGRP_NFTABLES, what `nft monitor` reads), for every table of the namespace.
 //!
 //! Each committed transaction comes as a notice per object it added or deleted, then one
-//! [`Notice::Generation`]. Every notice carries the netlink port id of the socket that
-//! committed the transaction (a process's first such socket gets its pid), which tells
-//! one's own changes from others'.
+//! [`Notice::Generation`] naming the process that committed it. Every notice carries the
+//! netlink port id of the socket that committed the transaction (a process's first such
+//! socket gets its pid). To not hear one's own commits at all (and spare the kernel
+//! building their notifications), [`Monitor::pause`] around them.
 
 use std::io;
 
