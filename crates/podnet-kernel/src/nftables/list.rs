@@ -234,7 +234,8 @@ fn whole_attrs_of(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         let header = bytes.get(..4)?;
         let len = u16::from_ne_bytes([header[0], header[1]]) as usize;
         let kind = u16::from_ne_bytes([header[2], header[3]]) & 0x3fff;
-        let whole = bytes.get(..len)?;
+        // Shorter than its own header: the rest cannot be read.
+        let whole = bytes.get(..len).filter(|_| len >= 4)?;
         bytes = bytes.get(super::align4(len)..).unwrap_or_default();
         Some((kind, whole))
     })
@@ -428,5 +429,12 @@ mod tests {
         bytes.extend_from_slice(&[200, 0, 2, 0, 1]);
         let kinds: Vec<u16> = attrs_of(&bytes).map(|(k, _)| k).collect();
         assert_eq!(kinds, [1]);
+        let kinds: Vec<u16> = whole_attrs_of(&bytes).map(|(k, _)| k).collect();
+        assert_eq!(kinds, [1]);
+        // A length shorter than the header.
+        let short = [2, 0, 3, 0, 0, 0, 0, 0];
+        assert_eq!(attrs_of(&short).count(), 0);
+        assert_eq!(whole_attrs_of(&short).count(), 0);
+        assert_eq!(rule_of("podnet", &short), None);
     }
 }
