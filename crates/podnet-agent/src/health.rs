@@ -1,9 +1,11 @@
 //! The agent's health endpoints, for the kubelet's probes and for people:
 //! - `/healthz`: the agent's loop is alive (it went round within [`LIVENESS`]);
 //! - `/readyz`: the node's network is configured: the CNI config is written and the last
-//!   sync succeeded; otherwise 503 and why;
+//!   sync succeeded (which includes repairing what someone else changed in podnet's
+//!   nftables table); otherwise 503 and why;
 //! - `/metrics`: a few counters and gauges in the Prometheus text format.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +18,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+
+use crate::drift::Kind;
 
 /// `/healthz` fails when the loop has not gone round for this long. A full sync of
 /// 10,000 Services takes a few seconds; a stuck loop takes forever.
@@ -35,6 +39,10 @@ pub struct Health {
     services_ignored: AtomicU64,
     peers: AtomicU64,
     last_sync_micros: AtomicU64,
+    drift_checks: AtomicU64,
+    last_drift_check_micros: AtomicU64,
+    /// Repairs of the nftables table, per [`Kind`] of drift (in [`Kind::ALL`]'s order).
+    repairs: [AtomicU64; Kind::ALL.len()],
 }
 
 impl Default for Health {
@@ -50,6 +58,9 @@ impl Default for Health {
             services_ignored: AtomicU64::new(0),
             peers: AtomicU64::new(0),
             last_sync_micros: AtomicU64::new(0),
+            drift_checks: AtomicU64::new(0),
+            last_drift_check_micros: AtomicU64::new(0),
+            repairs: Default::default(),
         }
     }
 }
@@ -102,6 +113,23 @@ impl Health {
         self.services_ignored.store(n as u64, Ordering::Relaxed);
     }
 
+    /// Records a comparison of the nftables table with what the agent committed.
+    pub fn drift_checked(&self, took: Duration) {
+        self.drift_checks.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.last_drift_check_micros
+            .store(micros, Ordering::Relaxed);
+    }
+
+    /// Records a repair of the nftables table, of each kind of drift it found.
+    pub fn repaired(&self, kinds: &BTreeSet<Kind>) {
+        for (kind, counter) in Kind::ALL.iter().zip(&self.repairs) {
+            if kinds.contains(kind) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn alive(&self) -> Result<(), String> {
         let now = self.started.elapsed();
         let last = Duration::from_millis(self.last_tick.load(Ordering::Relaxed));
@@ -118,7 +146,7 @@ impl Health {
     fn metrics(&self) -> String {
         let mut out = String::new();
         let ready = u8::from(self.is_ready().is_ok());
-        let rows: [(&str, &str, &str, f64); 8] = [
+        let rows: [(&str, &str, &str, f64); 10] = [
             (
                 "podnet_ready",
                 "gauge",
@@ -167,12 +195,33 @@ impl Health {
                 "other nodes this node routes to",
                 self.peers.load(Ordering::Relaxed) as f64,
             ),
+            (
+                "podnet_nftables_drift_checks_total",
+                "counter",
+                "comparisons of the nftables table with what podnet committed",
+                self.drift_checks.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "podnet_nftables_last_drift_check_seconds",
+                "gauge",
+                "duration of the last comparison of the nftables table",
+                self.last_drift_check_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
+        }
+        let name = "podnet_nftables_repairs_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} repairs of changes made to podnet's nftables table behind its back, by what was changed\n# TYPE {name} counter"
+        );
+        for (kind, counter) in Kind::ALL.iter().zip(&self.repairs) {
+            let value = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{kind=\"{}\"}} {value}", kind.label());
         }
         out
     }
@@ -357,5 +406,37 @@ mod tests {
         assert!(m.contains("podnet_sync_errors_total 1\n"), "{m}");
         assert!(m.contains("podnet_services 3\n"), "{m}");
         assert!(m.contains("podnet_ready 0\n"), "{m}");
+    }
+
+    #[test]
+    fn repairs_are_counted_by_kind() {
+        let h = Health::default();
+        h.repaired(&BTreeSet::from([Kind::Element]));
+        h.repaired(&BTreeSet::from([Kind::Rule, Kind::Element]));
+        h.drift_checked(Duration::from_millis(3));
+        let m = h.metrics();
+        assert!(
+            m.contains("# TYPE podnet_nftables_repairs_total counter\n"),
+            "{m}"
+        );
+        for (kind, n) in [
+            ("element", 2),
+            ("rule", 1),
+            ("chain", 0),
+            ("table", 0),
+            ("set", 0),
+        ] {
+            assert!(
+                m.contains(&format!(
+                    "podnet_nftables_repairs_total{{kind=\"{kind}\"}} {n}\n"
+                )),
+                "{kind}: {m}"
+            );
+        }
+        assert!(m.contains("podnet_nftables_drift_checks_total 1\n"), "{m}");
+        assert!(
+            m.contains("podnet_nftables_last_drift_check_seconds 0.003\n"),
+            "{m}"
+        );
     }
 }

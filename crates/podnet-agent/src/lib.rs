@@ -10,6 +10,7 @@
 pub mod cni_config;
 pub mod config;
 pub mod dataplane;
+pub mod drift;
 pub mod health;
 pub mod health_checks;
 pub mod hostports;

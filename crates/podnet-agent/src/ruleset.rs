@@ -14,6 +14,8 @@ use std::fmt::Write;
 use ipnet::Ipv4Net;
 use podnet_kernel::nftables;
 
+use crate::drift::{WantSet, Wanted};
+
 /// podnet's own table; podnet touches no other.
 pub const TABLE: &str = "podnet";
 /// The mark that asks postrouting to masquerade a connection (NodePort, policy Cluster).
@@ -85,6 +87,152 @@ impl Ruleset {
             .filter_map(|l| l.strip_prefix(prefix.as_str()));
         base.chain(extras).map(str::to_string).collect()
     }
+
+    /// The sets and maps this table has: the base's and the extras'.
+    pub fn sets(&self) -> BTreeSet<String> {
+        let [set, map] = ["set", "map"].map(|k| format!("add {k} inet {TABLE} "));
+        let extras = self
+            .extras
+            .values()
+            .flat_map(|e| e.create.lines())
+            .filter_map(|l| {
+                l.strip_prefix(set.as_str())
+                    .or(l.strip_prefix(map.as_str()))
+            })
+            .filter_map(|l| l.split_whitespace().next());
+        SETS.iter()
+            .map(|(name, _)| *name)
+            .chain(extras)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The elements the agent wants, as the kernel stores them, in each set and map of
+    /// the table whose elements it writes (not those the datapath fills, such as
+    /// affinity's) and `only` names, for a drift check to compare with the kernel's.
+    pub fn wanted(
+        &self,
+        only: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<&str, WantSet<'_>>, String> {
+        let sets = self.sets();
+        self.elements
+            .iter()
+            .filter(|(set, _)| sets.contains(*set) && only(set))
+            .map(|(set, items)| {
+                let wanted = items
+                    .iter()
+                    .map(|(key, value)| {
+                        let w = Wanted {
+                            data: encode_data(value)?,
+                            key,
+                            value,
+                        };
+                        Ok((encode_key(set, key)?, w))
+                    })
+                    .collect::<Result<WantSet, String>>()?;
+                Ok((set.as_str(), wanted))
+            })
+            .collect()
+    }
+}
+
+/// An element of `set` as nft writes it, from its bytes (for a drift report).
+pub fn describe(set: &str, e: &nftables::Element) -> String {
+    let key = decode(&e.key, &key_fields(set));
+    let value = match &e.data {
+        nftables::ElementData::None => return key,
+        nftables::ElementData::Value(v) => decode(v, &[Field::Ipv4, Field::Port]),
+        nftables::ElementData::Goto(chain) => format!("goto {chain}"),
+        nftables::ElementData::Jump(chain) => format!("jump {chain}"),
+        nftables::ElementData::Verdict(code) => match *code as i32 {
+            0 => "drop".into(),
+            1 => "accept".into(),
+            -1 => "continue".into(),
+            -5 => "return".into(),
+            code => format!("verdict {code}"),
+        },
+    };
+    format!("{key} : {value}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Ipv4,
+    Proto,
+    Port,
+    /// `numgen`'s result: a host-order u32.
+    Slot,
+}
+
+/// The fields of a key of `set`: those of its type in [`SETS`]; an endpoint map's end
+/// with the `numgen` slot.
+fn key_fields(set: &str) -> Vec<Field> {
+    let service = [Field::Proto, Field::Port, Field::Slot];
+    if set.starts_with("np-ep-") {
+        return service.to_vec();
+    }
+    if set.starts_with("ep-") {
+        return [Field::Ipv4].iter().chain(&service).copied().collect();
+    }
+    let ty = SETS
+        .iter()
+        .find(|(name, _)| *name == set)
+        .map_or("", |(_, ty)| ty);
+    let key = ty
+        .trim_start_matches("type ")
+        .split(" : ")
+        .next()
+        .unwrap_or("");
+    key.split(" . ")
+        .filter_map(|t| match t {
+            "ipv4_addr" => Some(Field::Ipv4),
+            "inet_proto" => Some(Field::Proto),
+            "inet_service" => Some(Field::Port),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bytes laid out as [`nftables::encode`] does, as nft writes them; in hex if they do
+/// not fit `fields`.
+fn decode(bytes: &[u8], fields: &[Field]) -> String {
+    let hex = || {
+        let words: Vec<String> = bytes
+            .chunks(4)
+            .map(|w| w.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        format!("0x{}", words.join(" "))
+    };
+    let width = |f: &Field| match f {
+        Field::Ipv4 | Field::Slot => 4,
+        Field::Proto => 1,
+        Field::Port => 2,
+    };
+    let widths: Vec<usize> = match fields {
+        [one] => vec![width(one)],
+        _ => vec![4; fields.len()],
+    };
+    if fields.is_empty() || widths.iter().sum::<usize>() != bytes.len() {
+        return hex();
+    }
+    let mut at = 0;
+    let mut out = Vec::new();
+    for (field, w) in fields.iter().zip(widths) {
+        let b = &bytes[at..at + w];
+        at += w;
+        out.push(match field {
+            Field::Ipv4 => std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+            Field::Proto => match b[0] {
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                132 => "sctp".into(),
+                p => p.to_string(),
+            },
+            Field::Port => u16::from_be_bytes([b[0], b[1]]).to_string(),
+            Field::Slot => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]).to_string(),
+        });
+    }
+    out.join(" . ")
 }
 
 /// Chains, maps or sets made on demand: the commands that create them, and those that
@@ -1003,6 +1151,105 @@ mod tests {
         let (name, extra) = cluster_lb(3);
         t.extra(&name, Some(extra));
         assert!(matches!(t.changes(), Some(Transaction::Script(_))));
+    }
+
+    #[test]
+    fn a_drift_check_compares_the_elements_of_the_sets_podnet_fills() {
+        let mut want = rs(&[
+            ("service-ips", &[("10.96.0.10 . tcp . 80", "goto lb-2")]),
+            (
+                "ep-2",
+                &[
+                    ("10.96.0.10 . tcp . 80 . 0", "10.244.1.5 . 8080"),
+                    ("10.96.0.10 . tcp . 80 . 1", "10.244.2.7 . 8080"),
+                ],
+            ),
+            ("nat-ports", &[("8080", "")]),
+            // Emptied when its extra went: no such map in the kernel.
+            ("ep-3", &[]),
+        ]);
+        let (aff, extra) = affinity("abc", &[("10.244.1.5".parse().expect("ip"), 8080)], 60);
+        want.extras.insert(aff, extra);
+        let sets = want.sets();
+        for set in ["nodes", "service-ips", "ep-2", "aff-abc-0"] {
+            assert!(sets.contains(set), "{set}: {sets:?}");
+        }
+        assert!(!sets.contains("ep-3"));
+        let wanted = want.wanted(|_| true).expect("encodable");
+        assert_eq!(
+            want.wanted(|set| set == "ep-2")
+                .expect("encodable")
+                .keys()
+                .collect::<Vec<_>>(),
+            [&"ep-2"]
+        );
+        // Affinity's sets are filled by packets, not by podnet: not compared.
+        assert_eq!(
+            wanted.keys().copied().collect::<Vec<_>>(),
+            ["ep-2", "nat-ports", "service-ips"]
+        );
+        let key = vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0];
+        let vip = &wanted["service-ips"][&key];
+        assert_eq!(vip.data, nftables::ElementData::Goto("lb-2".into()));
+        assert_eq!((vip.key, vip.value), ("10.96.0.10 . tcp . 80", "goto lb-2"));
+        assert_eq!(wanted["ep-2"].len(), 2);
+        assert_eq!(wanted["nat-ports"][&vec![0x1f, 0x90]].value, "");
+    }
+
+    #[test]
+    fn kernel_elements_read_as_nft_writes_them() {
+        let e = |key: Vec<u8>, data| nftables::Element { key, data };
+        let vip = nftables::encode(&[
+            nftables::Datum::Ipv4("10.96.0.10".parse().expect("ip")),
+            nftables::Datum::Proto(6),
+            nftables::Datum::Port(80),
+        ]);
+        assert_eq!(
+            describe(
+                "service-ips",
+                &e(vip.clone(), nftables::ElementData::Goto("lb-2".into()))
+            ),
+            "10.96.0.10 . tcp . 80 : goto lb-2"
+        );
+        assert_eq!(
+            describe("service-ips", &e(vip, nftables::ElementData::Verdict(0))),
+            "10.96.0.10 . tcp . 80 : drop"
+        );
+        let slot = nftables::encode(&[
+            nftables::Datum::Proto(17),
+            nftables::Datum::Port(30053),
+            nftables::Datum::U32(3),
+        ]);
+        let endpoint = nftables::encode(&[
+            nftables::Datum::Ipv4("10.244.1.5".parse().expect("ip")),
+            nftables::Datum::Port(5353),
+        ]);
+        assert_eq!(
+            describe("np-ep-4", &e(slot, nftables::ElementData::Value(endpoint))),
+            "udp . 30053 . 3 : 10.244.1.5 . 5353"
+        );
+        assert_eq!(
+            describe(
+                "nat-ports",
+                &e(vec![0x1f, 0x90], nftables::ElementData::None)
+            ),
+            "8080"
+        );
+        assert_eq!(
+            describe(
+                "nodes",
+                &e(vec![172, 18, 0, 2], nftables::ElementData::None)
+            ),
+            "172.18.0.2"
+        );
+        // Bytes that fit no key of the set, in hex.
+        assert_eq!(
+            describe(
+                "nodes",
+                &e(vec![1, 2, 3, 4, 5], nftables::ElementData::None)
+            ),
+            "0x01020304 05"
+        );
     }
 
     #[test]

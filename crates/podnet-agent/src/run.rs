@@ -20,7 +20,7 @@ use crate::plan::{self, Backend, NodeInfo, NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATI
 use crate::ruleset::TableConfig;
 use crate::services::{self, ServiceProxy};
 use crate::source::Source;
-use crate::source::{Dirty, Key};
+use crate::source::{Dirty, Key, SourceError};
 
 /// The annotation where the agent says which peers it cannot route to, and why.
 pub const ROUTING_ANNOTATION: &str = "podnet.io/routing";
@@ -30,9 +30,9 @@ pub const ANNOTATIONS: [&str; 3] = [NODE_IP_ANNOTATION, VTEP_MAC_ANNOTATION, ROU
 pub const SYSCTL_ORIGINALS: &str = "sysctl-originals";
 /// How often the node is checked for drift when nothing changes.
 const RESYNC: Duration = Duration::from_secs(1);
-/// How often podnet's nftables table is checked for vanished chains (two small netlink
-/// requests, whatever the table's size).
-const NFT_CHECK: Duration = Duration::from_secs(1);
+/// How often, while waiting for the cluster to change, the agent looks whether someone
+/// changed its nftables table (the kernel notifies it): a repair follows within this.
+const DRIFT_POLL: Duration = Duration::from_millis(100);
 /// With untracked pod traffic, how often conntrack is looked at while endpoints no
 /// Service uses wait for their translated flows to end.
 const TRANSLATED_CHECK: Duration = Duration::from_secs(2);
@@ -87,7 +87,6 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut sysctls_set = false;
     let mut backoff = Duration::from_millis(100);
     let mut written: Option<String> = None;
-    let mut last_nft_check = Instant::now();
     let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
     let mut published_routing = false;
     let health = &config.health;
@@ -119,7 +118,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
     let mut hostport_errors = Vec::new();
     loop {
         health.tick();
-        let changed = match source.wait(RESYNC) {
+        let changed = match wait(source, &mut dp, RESYNC) {
             Ok(c) => {
                 backoff = Duration::from_millis(100);
                 c
@@ -283,10 +282,6 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
                 .is_ok();
             unreachable = desired.unreachable.clone();
         }
-        let check_nft = last_nft_check.elapsed() >= NFT_CHECK;
-        if check_nft {
-            last_nft_check = Instant::now();
-        }
         // Untracked pod traffic starts, and endpoints no Service uses leave its set, only
         // after a look at conntrack made once their translation is out of the kernel.
         let due = last_translated_check.is_none_or(|t| t.elapsed() >= TRANSLATED_CHECK);
@@ -303,7 +298,7 @@ pub fn run(config: &AgentConfig, source: &mut dyn Source) -> Result<(), AgentErr
         let sync_started = Instant::now();
         let result = dp.sync(&desired, &underlay).and_then(|mut c| {
             let started = Instant::now();
-            let commands = dp.sync_nft(&mut proxy.table, check_nft)?;
+            let commands = dp.sync_nft(&mut proxy.table, health)?;
             if commands > 0 {
                 c.push(format!(
                     "nftables: {commands} commands in {:?}",
@@ -386,6 +381,23 @@ fn remove_stale_conflist(config: &AgentConfig) -> Result<(), AgentError> {
             path: conflist.display().to_string(),
             source,
         }),
+    }
+}
+
+/// Waits up to `timeout` for the cluster view to change (`true`), returning early when
+/// podnet's nftables table needs a look.
+fn wait(
+    source: &mut dyn Source,
+    dp: &mut Dataplane,
+    timeout: Duration,
+) -> Result<bool, SourceError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let changed = source.wait(left.min(DRIFT_POLL))?;
+        if changed || left <= DRIFT_POLL || dp.drift_suspected() {
+            return Ok(changed);
+        }
     }
 }
 

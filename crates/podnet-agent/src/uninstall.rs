@@ -88,7 +88,7 @@ pub fn uninstall(u: &Uninstall) -> Report {
 }
 
 fn table(r: &mut Report) {
-    let exists = NfTables::open().and_then(|mut nf| nf.chains(TABLE));
+    let exists = NfTables::open().and_then(|mut nf| nf.list_table(TABLE));
     match exists {
         Ok(None) => {}
         Ok(Some(_)) => match nft::apply(&format!("delete table inet {TABLE}\n")) {

@@ -1,7 +1,12 @@
-//! Set and map elements over nf_tables netlink (`NETLINK_NETFILTER`, subsystem
-//! `NFNL_SUBSYS_NFTABLES`): add and delete elements of the sets and maps of an existing
-//! `inet` table, as one atomic batch. This is what `nft -f` does for `add element` and
-//! `delete element` lines, without running the tool.
+//! nftables over nf_tables netlink (`NETLINK_NETFILTER`, subsystem
+//! `NFNL_SUBSYS_NFTABLES`), for the sets and maps of an existing `inet` table:
+//! - [`NfTables::commit`]: add and delete elements as one atomic batch (what `nft -f`
+//!   does for `add element` and `delete element` lines, without running the tool);
+//! - [`NfTables::list_table`], [`NfTables::list_elements`], [`NfTables::generation`]:
+//!   read a table's chains, rules and elements back, to compare them with what was
+//!   committed;
+//! - [`Monitor`]: the kernel's notifications of every committed change, to notice
+//!   changes someone else made.
 //!
 //! Why not `nft`: the tool reads the whole table back before each transaction (to resolve
 //! names and check types), which costs 10–20 ms, and over a second once the table holds
@@ -14,7 +19,12 @@
 //! caller. As with [`crate::Netlink`], one [`NfTables`] is one socket bound to the
 //! namespace it was opened in.
 
-use std::collections::BTreeSet;
+mod list;
+mod monitor;
+
+pub use list::{ListedChain, ListedRule, Listing};
+pub use monitor::{Monitor, Notice};
+
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
@@ -22,12 +32,11 @@ use std::net::Ipv4Addr;
 use netlink_packet_core::{
     parse_u32, Emitable, ErrorBuffer, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
     NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, DataAttribute, ListAttribute, NfTablesMessage,
-    SetElementAttribute, SetElementList, SetElementMessage, TableAttribute, TableMessage, Verdict,
-    VerdictAttribute,
+    DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
+    SetElementMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{
@@ -99,6 +108,9 @@ pub enum ElementData {
     Goto(String),
     /// A verdict map's `jump <chain>`.
     Jump(String),
+    /// Any other verdict (`accept` is 1, `drop` 0, `return` -5 as u32, ...), as the
+    /// kernel lists it.
+    Verdict(u32),
 }
 
 /// One element of a set or map.
@@ -248,6 +260,8 @@ pub struct NfTables {
 
 // nfnetlink's batch messages carry the subsystem they are for as the resource id.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+// nfgenmsg's family for `inet` tables.
+const NFPROTO_INET: u8 = 1;
 
 // The elements of one message sit in a single attribute, whose length field has 16
 // bits. nft fills page-sized buffers; half the limit keeps us far from it.
@@ -405,54 +419,6 @@ impl NfTables {
         Ok(())
     }
 
-    /// Reads answers until every element message is acked (success) or the kernel
-    /// refused something (the whole batch was rolled back).
-    ///
-    /// Acks alone prove nothing: on a failed batch the kernel acks the messages it could
-    /// apply too, before rolling everything back. Only all acks and no error mean
-    /// committed.
-    /// The chains of table `inet <table>`, or `None` if the table does not exist: two
-    /// small requests, where `nft list` would read every element of every set.
-    pub fn chains(&mut self, table: &str) -> io::Result<Option<BTreeSet<String>>> {
-        let get_table = NfTablesMessage::GetTable(TableMessage {
-            attributes: vec![TableAttribute::Name(table.to_string())],
-        });
-        match self.request(get_table, NLM_F_ACK) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("look up nftables table inet {table}: {e}"),
-                ))
-            }
-        }
-        let get_chains = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
-        let answers = self.request(get_chains, NLM_F_DUMP).map_err(|e| {
-            io::Error::new(e.kind(), format!("list the chains of inet {table}: {e}"))
-        })?;
-        Ok(Some(
-            answers
-                .into_iter()
-                .filter_map(|m| match m {
-                    NfTablesMessage::NewChain(c) => {
-                        let mut of_table = false;
-                        let mut name = None;
-                        for a in c.attributes {
-                            match a {
-                                ChainAttribute::Table(t) => of_table = t == table,
-                                ChainAttribute::Name(n) => name = Some(n),
-                                _ => {}
-                            }
-                        }
-                        name.filter(|_| of_table)
-                    }
-                    _ => None,
-                })
-                .collect(),
-        ))
-    }
-
     /// Sends one request for the inet family and collects its answers until the ack
     /// (`NLM_F_ACK`) or the end of the dump (`NLM_F_DUMP`).
     fn request(
@@ -460,16 +426,77 @@ impl NfTables {
         message: NfTablesMessage,
         flags: u16,
     ) -> io::Result<Vec<NfTablesMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
+        let seq = self.next_seq();
         let mut bytes = Vec::new();
         let nf = NetfilterMessage::new(
             NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
             message,
         );
         push_message(&mut bytes, nf, flags, seq);
-        self.socket.send(&bytes, 0)?;
         let mut out = Vec::new();
+        self.exchange(&bytes, seq, |answer| {
+            let message = NetlinkMessage::<NetfilterMessage>::deserialize(answer)
+                .map_err(|e| io::Error::other(format!("bad nf_tables answer: {e}")))?;
+            if let NetlinkPayload::InnerMessage(m) = message.payload {
+                if let NetfilterMessageInner::NfTables(t) = m.inner {
+                    out.push(t);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Dumps objects of the inet family (`get`: an NFT_MSG_GET* type) whose request
+    /// carries the attributes `filter`, handing each answer's type and attributes to
+    /// `each`. A dump the kernel says a commit interrupted fails with
+    /// [`io::ErrorKind::Interrupted`]: take it again.
+    fn dump(&mut self, get: u8, filter: &[u8], mut each: impl FnMut(u8, &[u8])) -> io::Result<()> {
+        let seq = self.next_seq();
+        let len = 16 + 4 + filter.len();
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&(len as u32).to_ne_bytes());
+        bytes.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | u16::from(get)).to_ne_bytes());
+        bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        bytes.extend_from_slice(&seq.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: the family, version 0, resource id 0.
+        bytes.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
+        bytes.extend_from_slice(filter);
+        let mut interrupted = false;
+        self.exchange(&bytes, seq, |answer| {
+            let header = NetlinkBuffer::new_checked(answer)
+                .map_err(|e| io::Error::other(format!("bad netlink header: {e}")))?;
+            interrupted |= header.flags() & NLM_F_DUMP_INTR != 0;
+            // The low byte of the type is the nf_tables message; after the header comes
+            // the nfgenmsg, then the attributes.
+            let kind = header.message_type() as u8;
+            each(kind, header.payload().get(4..).unwrap_or_default());
+            Ok(())
+        })?;
+        if interrupted {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the ruleset changed during the listing",
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Sends `request` (sequence number `seq`) and hands each answer (one netlink
+    /// message) to `each` until the ack, an error or the end of a dump.
+    fn exchange(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        mut each: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.socket.send(request, 0)?;
         loop {
             let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
             let mut offset = 0;
@@ -487,32 +514,28 @@ impl NfTables {
                     continue;
                 }
                 match kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let code = ErrorBuffer::new_checked(buf.payload())
                             .map_err(|e| io::Error::other(format!("bad ack: {e}")))?
                             .code();
                         return match code {
-                            None => Ok(out),
+                            None => Ok(()),
                             Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
                         };
                     }
-                    _ => {
-                        let message = NetlinkMessage::<NetfilterMessage>::deserialize(
-                            &self.buf[start..start + len],
-                        )
-                        .map_err(|e| io::Error::other(format!("bad nf_tables answer: {e}")))?;
-                        if let NetlinkPayload::InnerMessage(m) = message.payload {
-                            if let NetfilterMessageInner::NfTables(t) = m.inner {
-                                out.push(t);
-                            }
-                        }
-                    }
+                    _ => each(&self.buf[start..start + len])?,
                 }
             }
         }
     }
 
+    /// Reads answers until every element message is acked (success) or the kernel
+    /// refused something (the whole batch was rolled back).
+    ///
+    /// Acks alone prove nothing: on a failed batch the kernel acks the messages it could
+    /// apply too, before rolling everything back. Only all acks and no error mean
+    /// committed.
     fn read_answers(&mut self, table: &str, changes: &[Change], batch: &Batch) -> Result<()> {
         let decode_err = |detail: String| NftError::Decode {
             table: table.to_string(),
@@ -829,6 +852,11 @@ fn element_attribute(op: Op, element: &Element) -> ListAttribute<SetElementAttri
             }
             ElementData::Jump(chain) => {
                 attributes.push(SetElementAttribute::Data(verdict(Verdict::Jump, chain)))
+            }
+            ElementData::Verdict(code) => {
+                attributes.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                    VerdictAttribute::Code(Verdict::from(*code)),
+                ])))
             }
         }
     }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use nix::errno::Errno;
-use podnet_kernel::nftables::{encode, Change, Datum, Element, ElementData, Op};
+use podnet_kernel::nftables::{encode, Change, Datum, Element, ElementData, Notice, Op};
 use podnet_kernel::{NetNs, NfTables, NftError};
 use podnet_testkit::{in_netns, Fixture};
 
@@ -367,4 +367,293 @@ fn an_empty_commit_is_ok() {
     s.nft
         .commit("no-such-table", &[change(Op::Add, "nodes", Vec::new())])
         .expect("nothing to send");
+}
+
+/// Runs `nft ARGS` in the test namespace; returns its pid (the port id its changes are
+/// notified with).
+fn nft_pid(ns: &NetNs, args: &[&str]) -> u32 {
+    let child = in_netns(Command::new("nft").args(args), ns)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run nft {args:?}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    pid
+}
+
+/// The handles of a chain's rules, in order, from `nft -a list`.
+fn handles(s: &Setup, chain: &str) -> Vec<String> {
+    run_nft(&s.ns, &["-a", "list", "chain", "inet", "podnet", chain])
+        .lines()
+        .filter_map(|l| l.split("# handle ").nth(1))
+        .map(|h| h.trim().to_string())
+        .skip(1) // the chain's own handle
+        .collect()
+}
+
+#[test]
+fn lists_elements_as_they_were_committed() {
+    let mut s = setup("nftnl-list-elements");
+    let nodes = vec![
+        element(&[Ipv4(Ipv4Addr::new(172, 18, 0, 2))], ElementData::None),
+        element(&[Ipv4(Ipv4Addr::new(172, 18, 0, 3))], ElementData::None),
+    ];
+    let services = vec![element(
+        &[Ipv4(CLUSTER_IP), Proto(TCP), Port(80)],
+        ElementData::Goto("lb-2".into()),
+    )];
+    let endpoints = vec![
+        element(&ep_key(80, 0), endpoint([10, 244, 1, 5], 8080)),
+        element(&ep_key(80, 1), endpoint([10, 244, 2, 7], 8080)),
+    ];
+    s.nft
+        .commit(
+            "podnet",
+            &[
+                change(Op::Add, "nodes", nodes.clone()),
+                change(Op::Add, "service-ips", services.clone()),
+                change(Op::Add, "ep-2", endpoints.clone()),
+            ],
+        )
+        .expect("commit");
+    // An element nft adds reads back the same way as one podnet adds.
+    run_nft(
+        &s.ns,
+        &[
+            "add",
+            "element",
+            "inet",
+            "podnet",
+            "service-ips",
+            "{ 10.96.0.10 . udp . 53 : accept }",
+        ],
+    );
+    let sorted = |mut v: Vec<Element>| {
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    };
+    let list = |s: &mut Setup, set: &str| {
+        s.nft
+            .list_elements("podnet", set)
+            .unwrap_or_else(|e| panic!("list {set}: {e}"))
+            .map(sorted)
+    };
+    assert_eq!(list(&mut s, "nodes"), Some(sorted(nodes)));
+    assert_eq!(list(&mut s, "ep-2"), Some(sorted(endpoints)));
+    let mut services = services;
+    services.push(element(
+        &[Ipv4(CLUSTER_IP), Proto(UDP), Port(53)],
+        ElementData::Verdict(1),
+    ));
+    assert_eq!(list(&mut s, "service-ips"), Some(sorted(services)));
+    assert_eq!(list(&mut s, "service-ports"), Some(Vec::new()));
+    assert_eq!(list(&mut s, "no-such-set"), None);
+    assert_eq!(
+        s.nft.list_elements("no-such-table", "nodes").expect("list"),
+        None
+    );
+}
+
+#[test]
+fn lists_chains_and_rules_and_tells_every_change_to_them() {
+    let mut s = setup("nftnl-list-rules");
+    let before = s.nft.list_table("podnet").expect("list").expect("table");
+    assert_eq!(
+        before.chains.keys().collect::<Vec<_>>(),
+        ["lb-2"],
+        "the chains of the table"
+    );
+    assert_eq!(before.chains["lb-2"].rules.len(), 1);
+    // Unchanged: the same listing, at the same generation.
+    assert_eq!(
+        s.nft.list_table("podnet").expect("list"),
+        Some(before.clone())
+    );
+    // Written again the same: the same rules (whatever their handles).
+    let script = s._fx.dir().join("again.nft");
+    std::fs::write(
+        &script,
+        format!("add table inet podnet\ndelete table inet podnet\n{TABLE}"),
+    )
+    .expect("write the script");
+    run_nft(&s.ns, &["-f", script.to_str().expect("utf-8 path")]);
+    let again = s.nft.list_table("podnet").expect("list").expect("table");
+    let rule = |l: &podnet_kernel::nftables::Listing| l.chains["lb-2"].rules[0].clone();
+    assert_eq!(rule(&again).content, rule(&before).content);
+    assert_eq!(
+        again.chains["lb-2"].definition,
+        before.chains["lb-2"].definition
+    );
+    let before = again;
+
+    // Each change shows in the listing and starts a new generation.
+    let mut last = before.clone();
+    let mut changed = |s: &mut Setup, args: &[&str], what: &str| {
+        run_nft(&s.ns, args);
+        let now = s.nft.list_table("podnet").expect("list").expect("table");
+        assert_ne!(now.chains, last.chains, "{what} shows in the listing");
+        assert!(now.generation > last.generation, "{what}: a new generation");
+        last = now.clone();
+        now
+    };
+    let added = changed(
+        &mut s,
+        &[
+            "add", "rule", "inet", "podnet", "lb-2", "meta", "mark", "set", "1",
+        ],
+        "an added rule",
+    );
+    assert_eq!(added.chains["lb-2"].rules.len(), 2);
+    let first = &added.chains["lb-2"].rules[0];
+    assert_eq!(
+        first, &before.chains["lb-2"].rules[0],
+        "the first rule kept"
+    );
+    let handle = handles(&s, "lb-2")[1].clone();
+    let replaced = changed(
+        &mut s,
+        &[
+            "replace", "rule", "inet", "podnet", "lb-2", "handle", &handle, "meta", "mark", "set",
+            "2",
+        ],
+        "a replaced rule",
+    );
+    let rule = &replaced.chains["lb-2"].rules[1];
+    assert_eq!(
+        rule.handle.to_string(),
+        handle,
+        "replacing keeps the handle"
+    );
+    assert_ne!(rule.content, added.chains["lb-2"].rules[1].content);
+    let flushed = changed(
+        &mut s,
+        &["flush", "chain", "inet", "podnet", "lb-2"],
+        "a flushed chain",
+    );
+    assert!(flushed.chains["lb-2"].rules.is_empty());
+    let hooked = changed(
+        &mut s,
+        &[
+            "add", "chain", "inet", "podnet", "out", "{", "type", "filter", "hook", "output",
+            "priority", "0;", "policy", "accept;", "}",
+        ],
+        "a new base chain",
+    );
+    let policy = changed(
+        &mut s,
+        &[
+            "add", "chain", "inet", "podnet", "out", "{", "type", "filter", "hook", "output",
+            "priority", "0;", "policy", "drop;", "}",
+        ],
+        "a changed policy",
+    );
+    assert_ne!(
+        hooked.chains["out"].definition,
+        policy.chains["out"].definition
+    );
+    assert_ne!(
+        hooked.chains["out"].definition,
+        flushed.chains["lb-2"].definition
+    );
+    // Elements are not part of this listing.
+    s.nft
+        .commit(
+            "podnet",
+            &[change(
+                Op::Add,
+                "nodes",
+                vec![element(
+                    &[Ipv4(Ipv4Addr::new(10, 0, 0, 1))],
+                    ElementData::None,
+                )],
+            )],
+        )
+        .expect("commit");
+    let now = s.nft.list_table("podnet").expect("list").expect("table");
+    assert_eq!(now.chains, policy.chains);
+    assert!(now.generation > policy.generation);
+
+    run_nft(&s.ns, &["delete", "table", "inet", "podnet"]);
+    assert_eq!(s.nft.list_table("podnet").expect("list"), None);
+}
+
+#[test]
+fn notifications_name_who_committed_what() {
+    let mut s = setup("nftnl-monitor");
+    let mut monitor =
+        s.ns.run(podnet_kernel::nftables::Monitor::open)
+            .expect("enter the test namespace")
+            .expect("subscribe to nftables notifications");
+    assert_eq!(monitor.read().expect("read"), []);
+
+    // A batch of podnet's own: its changes, then the generation it started, both with
+    // the port id of its socket.
+    s.nft
+        .commit(
+            "podnet",
+            &[change(
+                Op::Add,
+                "nodes",
+                vec![element(
+                    &[Ipv4(Ipv4Addr::new(10, 0, 0, 1))],
+                    ElementData::None,
+                )],
+            )],
+        )
+        .expect("commit");
+    let generation = s.nft.generation().expect("generation");
+    let notices = monitor.read().expect("read");
+    let Some(Notice::Change { portid: own, .. }) = notices.first() else {
+        panic!("no change notified: {notices:?}");
+    };
+    assert_eq!(
+        notices[0],
+        Notice::Change {
+            what: "add element",
+            family: 1,
+            table: "podnet".into(),
+            object: Some("nodes".into()),
+            portid: *own,
+        }
+    );
+    match notices.last() {
+        Some(Notice::Generation { id, portid, .. }) => {
+            assert_eq!((*id, portid), (generation, own), "{notices:?}")
+        }
+        other => panic!("no generation after the change: {other:?}"),
+    }
+
+    // Not heard while paused, heard again once resumed.
+    monitor.pause().expect("pause");
+    run_nft(&s.ns, &["add", "rule", "inet", "podnet", "lb-2", "accept"]);
+    monitor.resume().expect("resume");
+    assert_eq!(monitor.read().expect("read"), []);
+
+    // Someone else's: nft's pid, and its name.
+    let pid = nft_pid(&s.ns, &["flush", "chain", "inet", "podnet", "lb-2"]);
+    let notices = monitor.read().expect("read");
+    assert!(
+        notices.contains(&Notice::Change {
+            what: "delete rule",
+            family: 1,
+            table: "podnet".into(),
+            object: Some("lb-2".into()),
+            portid: pid,
+        }),
+        "{notices:?}"
+    );
+    match notices.last() {
+        Some(Notice::Generation {
+            portid, process, ..
+        }) => assert_eq!((*portid, process.as_str()), (pid, "nft"), "{notices:?}"),
+        other => panic!("no generation after the flush: {other:?}"),
+    }
+    // Nothing is read twice.
+    assert_eq!(monitor.read().expect("read"), []);
 }
