@@ -308,14 +308,9 @@ fn agent_restart_and_drift(backend: &str) {
         )
         .status
         .success());
-    assert!(!lab
-        .exec(
-            "node/node-1",
-            &["nft"].iter().chain(&chain).copied().collect::<Vec<_>>()
-        )
-        .status
-        .success());
-    // Checked every second; the deadline leaves room for a loaded CI machine.
+    // (The repair may be done before a second command could look: the agent hears of
+    // the change from the kernel.)
+    // The deadline leaves room for a loaded CI machine.
     let restored = eventually(Duration::from_secs(10), || {
         lab.exec(
             "node/node-1",
