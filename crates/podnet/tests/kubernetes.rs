@@ -981,15 +981,8 @@ fn uninstall_leaves_nothing_of_podnet_on_the_node() {
     }
 
     let d = |p: &str| n.dir.join(p).display().to_string();
-    let out = in_netns(
-        Command::new(PODNET).args([
-            "uninstall",
-            "--node",
-            "node-1",
-            "--kubeconfig",
-            &d("kubeconfig"),
-            "--config",
-            &d("config.yaml"),
+    let uninstall = |extra: &[&str]| {
+        let files = [
             "--cni-conf-dir",
             &d("net.d"),
             "--node-file",
@@ -998,11 +991,25 @@ fn uninstall_leaves_nothing_of_podnet_on_the_node() {
             &d("ipam"),
             "--state-dir",
             &d(""),
-        ]),
-        &n.ns,
-    )
-    .output()
-    .expect("run podnet uninstall");
+        ];
+        in_netns(
+            Command::new(PODNET)
+                .arg("uninstall")
+                .args(files)
+                .args(extra),
+            &n.ns,
+        )
+        .output()
+        .expect("run podnet uninstall")
+    };
+    let out = uninstall(&[
+        "--node",
+        "node-1",
+        "--kubeconfig",
+        &d("kubeconfig"),
+        "--config",
+        &d("config.yaml"),
+    ]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -1081,22 +1088,7 @@ fn uninstall_leaves_nothing_of_podnet_on_the_node() {
     );
 
     // Again: nothing left, and it says so.
-    let again = in_netns(
-        Command::new(PODNET).args([
-            "uninstall",
-            "--cni-conf-dir",
-            &d("net.d"),
-            "--node-file",
-            &d("node.json"),
-            "--ipam-dir",
-            &d("ipam"),
-            "--state-dir",
-            &d(""),
-        ]),
-        &n.ns,
-    )
-    .output()
-    .expect("run podnet uninstall again");
+    let again = uninstall(&[]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing of podnet was left"));
 }
 

@@ -391,26 +391,7 @@ pub fn pod_ip(result: &Value) -> String {
 /// Builds the libcni client (tests/libcni-client) with Debian's Go and libcni, once per
 /// test process, and returns its path.
 pub fn libcni_client() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let out = out_dir.join("libcni-client");
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg("./tests/libcni-client")
-                .current_dir(&root)
-                .env("GO111MODULE", "off")
-                .env("GOPATH", "/usr/share/gocode")
-                .env("GOCACHE", out_dir.join("gocache"))
-                .status()
-                .expect("run `go` (install golang-go and golang-github-appc-cni-dev)");
-            assert!(status.success(), "building the libcni client failed");
-            out
-        })
-        .clone()
+    podnet_testkit::libcni_client(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Where libcni looks for plugins: podnet-cni's build directory, then Debian's reference
