@@ -22,6 +22,7 @@ use crate::objects::{
 };
 use crate::policy::{Namespaces, Peers, PodPeer, PolicyInfo, Ports, Rule};
 use crate::ranges::addrs_contain;
+use crate::selector::Selector;
 
 /// Which pods the index compiles for: a node's (what its agent enforces) or every pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,8 +46,8 @@ pub struct PolicyIndex {
     scope: Scope,
     /// Namespaces seen, their labels carrying `kubernetes.io/metadata.name`.
     namespaces: HashMap<String, Labels>,
-    pods: HashMap<PodKey, PodInfo>,
-    pods_by_ns: HashMap<String, BTreeSet<String>>,
+    /// Namespace → name → pod (by namespace, so that scans need no keys).
+    pods: HashMap<String, BTreeMap<String, PodInfo>>,
     /// Pods in scope by address (an address may briefly be two pods'; the first key wins).
     local_by_ip: BTreeMap<Ipv4Addr, BTreeSet<PodKey>>,
     policies: HashMap<PolicyId, PolicyState>,
@@ -208,8 +209,8 @@ fn empty_rule(rule: &Rule, policy: &PolicyKey) -> CompiledRule {
     }
 }
 
-/// Whether each namespaceSelector peer of a policy selects a namespace with these labels.
-fn ns_peer_matches(info: &PolicyInfo, labels: &Labels) -> Vec<bool> {
+/// The namespaceSelectors of a policy's peers.
+fn ns_selectors(info: &PolicyInfo) -> Vec<&Selector> {
     Direction::BOTH
         .iter()
         .filter_map(|d| info.rules(*d))
@@ -221,8 +222,16 @@ fn ns_peer_matches(info: &PolicyInfo, labels: &Labels) -> Vec<bool> {
         .flatten()
         .filter_map(|pp| match &pp.namespaces {
             Namespaces::Policy => None,
-            Namespaces::Matching(s) => Some(s.matches(labels)),
+            Namespaces::Matching(s) => Some(s),
         })
+        .collect()
+}
+
+/// Whether each namespaceSelector peer of a policy selects a namespace with these labels.
+fn ns_peer_matches(info: &PolicyInfo, labels: &Labels) -> Vec<bool> {
+    ns_selectors(info)
+        .iter()
+        .map(|s| s.matches(labels))
         .collect()
 }
 
@@ -254,7 +263,6 @@ impl PolicyIndex {
             scope,
             namespaces: HashMap::new(),
             pods: HashMap::new(),
-            pods_by_ns: HashMap::new(),
             local_by_ip: BTreeMap::new(),
             policies: HashMap::new(),
             policy_ids: HashMap::new(),
@@ -363,7 +371,7 @@ impl PolicyIndex {
     pub fn apply_namespace(&mut self, ns: NamespaceInfo) {
         let NamespaceInfo { name, mut labels } = ns;
         labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-        let known = self.namespaces.contains_key(&name) || self.pods_by_ns.contains_key(&name);
+        let known = self.namespaces.contains_key(&name) || self.pods.contains_key(&name);
         let old = self.ns_labels(&name).into_owned();
         self.namespaces.insert(name.clone(), labels.clone());
         if !known || old != labels {
@@ -375,7 +383,7 @@ impl PolicyIndex {
         let Some(old) = self.namespaces.remove(name) else {
             return;
         };
-        if self.pods_by_ns.contains_key(name) {
+        if self.pods.contains_key(name) {
             // Its pods stay until deleted; their namespace is then known only by name.
             let new = NamespaceInfo::default_labels(name);
             if old != new {
@@ -387,35 +395,38 @@ impl PolicyIndex {
     }
 
     pub fn apply_pod(&mut self, pod: PodInfo) {
-        let key = pod.key();
-        if self.pods.get(&key) == Some(&pod) {
+        if self.pod(&pod.namespace, &pod.name) == Some(&pod) {
             return;
         }
         self.ensure_namespace_known(&pod.namespace);
-        self.pods_by_ns
-            .entry(pod.namespace.clone())
-            .or_default()
-            .insert(pod.name.clone());
-        let old = self.pods.remove(&key);
+        let key = pod.key();
+        let old = self
+            .pods
+            .get_mut(&pod.namespace)
+            .and_then(|m| m.remove(&pod.name));
         self.pod_changed(&key, old.as_ref(), Some(&pod));
-        self.pods.insert(key, pod);
+        self.pods
+            .entry(key.namespace)
+            .or_default()
+            .insert(key.name, pod);
     }
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        let key = Key::new(namespace, name);
-        let Some(old) = self.pods.remove(&key) else {
+        let Some(old) = self.pods.get_mut(namespace).and_then(|m| m.remove(name)) else {
             return;
         };
-        self.pod_changed(&key, Some(&old), None);
-        if let Some(names) = self.pods_by_ns.get_mut(namespace) {
-            names.remove(name);
-            if names.is_empty() {
-                self.pods_by_ns.remove(namespace);
-                if !self.namespaces.contains_key(namespace) {
-                    self.ns_match.remove(namespace);
-                }
+        // Keep the namespace known while its last pod leaves the policies.
+        self.pod_changed(&Key::new(namespace, name), Some(&old), None);
+        if self.pods.get(namespace).is_some_and(|m| m.is_empty()) {
+            self.pods.remove(namespace);
+            if !self.namespaces.contains_key(namespace) {
+                self.ns_match.remove(namespace);
             }
         }
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods.get(namespace)?.get(name)
     }
 
     pub fn apply_policy(&mut self, info: PolicyInfo) {
@@ -467,7 +478,7 @@ impl PolicyIndex {
 
     /// A namespace first heard of through a pod: which namespaceSelectors select it.
     fn ensure_namespace_known(&mut self, ns: &str) {
-        if self.namespaces.contains_key(ns) || self.pods_by_ns.contains_key(ns) {
+        if self.namespaces.contains_key(ns) || self.pods.contains_key(ns) {
             return;
         }
         let labels = NamespaceInfo::default_labels(ns);
@@ -477,7 +488,7 @@ impl PolicyIndex {
             .filter(|pid| {
                 self.policies
                     .get(pid)
-                    .is_some_and(|p| ns_peer_matches(&p.info, &labels).contains(&true))
+                    .is_some_and(|p| ns_selectors(&p.info).iter().any(|s| s.matches(&labels)))
             })
             .copied()
             .collect();
@@ -507,11 +518,8 @@ impl PolicyIndex {
             self.ns_match.insert(ns.to_string(), matching);
         }
         let mut changes = Vec::new();
-        for name in self.pods_by_ns.get(ns).into_iter().flatten() {
-            let key = Key::new(ns, name);
-            let Some(pod) = self.pods.get(&key) else {
-                continue;
-            };
+        for pod in self.pods.get(ns).into_iter().flat_map(|m| m.values()) {
+            let key = pod.key();
             for pid in &affected {
                 let Some(p) = self.policies.get(pid) else {
                     continue;
@@ -711,7 +719,7 @@ impl PolicyIndex {
         let Some(ns) = self.policies.get(&pid).map(|p| p.info.namespace.clone()) else {
             return;
         };
-        for name in self.pods_by_ns.get(&ns).into_iter().flatten() {
+        for name in self.pods.get(&ns).into_iter().flat_map(|m| m.keys()) {
             let key = Key::new(&ns, name);
             if let Some(sel) = self.selection.get_mut(&key) {
                 let mut hit = false;
@@ -755,13 +763,15 @@ impl PolicyIndex {
         let mut matched_ns = Vec::new();
         if ns_peers {
             self.ns_selecting.insert(pid);
-            let universe: BTreeSet<&String> = self
-                .namespaces
+            let selectors = ns_selectors(&info);
+            let known = self.namespaces.iter().map(|(n, l)| (n, Cow::Borrowed(l)));
+            let by_name_only = self
+                .pods
                 .keys()
-                .chain(self.pods_by_ns.keys())
-                .collect();
-            for name in universe {
-                if ns_peer_matches(&info, &self.ns_labels(name)).contains(&true) {
+                .filter(|n| !self.namespaces.contains_key(*n))
+                .map(|n| (n, Cow::Owned(NamespaceInfo::default_labels(n))));
+            for (name, labels) in known.chain(by_name_only) {
+                if selectors.iter().any(|s| s.matches(&labels)) {
                     matched_ns.push(name.clone());
                 }
             }
@@ -770,29 +780,24 @@ impl PolicyIndex {
             }
         }
         self.policies.insert(pid, PolicyState { info, key, rules });
-        let candidates: Vec<PodKey> = if wide {
-            self.pods.keys().cloned().collect()
+        // The namespaces whose pods may contribute: all (named ports towards any pod), or
+        // the policy's own and those its namespaceSelectors select.
+        let candidates: Vec<&String> = if wide {
+            self.pods.keys().collect()
         } else {
             std::iter::once(&ns)
                 .chain(matched_ns.iter().filter(|n| **n != ns))
-                .flat_map(|n| {
-                    self.pods_by_ns
-                        .get(n)
-                        .into_iter()
-                        .flatten()
-                        .map(move |name| Key::new(n, name))
-                })
                 .collect()
         };
         let mut changes = Vec::new();
         if let Some(p) = self.policies.get(&pid) {
-            for key in candidates {
-                let Some(pod) = self.pods.get(&key) else {
-                    continue;
-                };
-                let c = contributions(&self.scope, pid, p, pod, &self.ns_labels(&pod.namespace));
-                if c != Contribs::default() {
-                    changes.push((key, c));
+            for n in candidates {
+                let labels = self.ns_labels(n);
+                for pod in self.pods.get(n).into_iter().flat_map(|m| m.values()) {
+                    let c = contributions(&self.scope, pid, p, pod, &labels);
+                    if c != Contribs::default() {
+                        changes.push((pod.key(), c));
+                    }
                 }
             }
         }
@@ -827,7 +832,7 @@ impl PolicyIndex {
     fn refresh_pods(&mut self, keys: &BTreeSet<PodKey>) {
         let ips: BTreeSet<Ipv4Addr> = keys
             .iter()
-            .filter_map(|k| self.pods.get(k))
+            .filter_map(|k| self.pod(&k.namespace, &k.name))
             .filter(|p| self.scope.includes(p))
             .filter_map(|p| p.ip)
             .collect();
