@@ -377,3 +377,131 @@ proptest! {
         assert_decisions_match_oracle(&c)?;
     }
 }
+
+/// Anything a client could send, valid or not.
+fn wild_policy() -> impl Strategy<Value = NetworkPolicy> {
+    let text = prop_oneof![
+        Just(String::new()),
+        "[a-z0-9./:-]{0,20}",
+        prop::sample::select(vec![
+            "10.0.0.0/8",
+            "10.0.0.0/33",
+            "10.0.0.1/24",
+            "fd00::/64",
+            "::/0",
+            "0.0.0.0/0",
+            "10.1.0.0/16",
+            "In",
+            "NotIn",
+            "Exists",
+            "DoesNotExist",
+            "TCP",
+            "udp",
+            "SCTP",
+            "Ingress",
+            "Egress",
+            "http",
+            "80",
+            "a--b",
+        ])
+        .prop_map(String::from),
+    ];
+    let sel = (
+        prop::option::of(vec((text.clone(), text.clone()), 0..2)),
+        prop::option::of(vec(
+            (
+                text.clone(),
+                text.clone(),
+                prop::option::of(vec(text.clone(), 0..2)),
+            ),
+            0..2,
+        )),
+    )
+        .prop_map(|(ml, ex)| LabelSelector {
+            match_labels: ml.map(|v| v.into_iter().collect()),
+            match_expressions: ex.map(|v| {
+                v.into_iter()
+                    .map(|(key, operator, values)| LabelSelectorRequirement {
+                        key,
+                        operator,
+                        values,
+                    })
+                    .collect()
+            }),
+        });
+    let peer = (
+        prop::option::of((text.clone(), prop::option::of(vec(text.clone(), 0..3)))),
+        prop::option::of(sel.clone()),
+        prop::option::of(sel.clone()),
+    )
+        .prop_map(|(block, pods, nss)| NetworkPolicyPeer {
+            ip_block: block.map(|(cidr, except)| IPBlock { cidr, except }),
+            pod_selector: pods,
+            namespace_selector: nss,
+        });
+    let port = (
+        prop::option::of(text.clone()),
+        prop::option::of(prop_oneof![
+            any::<i32>().prop_map(IntOrString::Int),
+            (0..70000i32).prop_map(IntOrString::Int),
+            text.clone().prop_map(IntOrString::String),
+        ]),
+        prop::option::of(prop_oneof![any::<i32>(), 0..70000i32]),
+    )
+        .prop_map(|(protocol, port, end_port)| NetworkPolicyPort {
+            protocol,
+            port,
+            end_port,
+        });
+    let rule = (
+        prop::option::of(vec(peer, 0..3)),
+        prop::option::of(vec(port, 0..3)),
+    );
+    (
+        prop::option::of(sel),
+        prop::option::of(vec(text, 0..3)),
+        prop::option::of(vec(rule.clone(), 0..3)),
+        prop::option::of(vec(rule, 0..3)),
+    )
+        .prop_map(
+            |(pod_selector, policy_types, ingress, egress)| NetworkPolicy {
+                metadata: ObjectMeta {
+                    name: Some("wild".into()),
+                    namespace: Some("x".into()),
+                    ..Default::default()
+                },
+                spec: Some(NetworkPolicySpec {
+                    pod_selector,
+                    policy_types,
+                    ingress: ingress.map(|rs| {
+                        rs.into_iter()
+                            .map(|(from, ports)| NetworkPolicyIngressRule { from, ports })
+                            .collect()
+                    }),
+                    egress: egress.map(|rs| {
+                        rs.into_iter()
+                            .map(|(to, ports)| NetworkPolicyEgressRule { to, ports })
+                            .collect()
+                    }),
+                }),
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn parsing_any_policy_never_panics_and_names_the_field(np in wild_policy()) {
+        match podnet_policy::PolicyInfo::from_policy(&np) {
+            Ok(info) => {
+                // A valid policy compiles.
+                let mut ix = podnet_policy::PolicyIndex::new(podnet_policy::Scope::All);
+                ix.apply_policy(info);
+            }
+            Err(e) => {
+                prop_assert_eq!(e.object.as_str(), "x/wild");
+                prop_assert!(e.field.starts_with("spec."), "{}", e);
+                prop_assert!(e.to_string().starts_with("networkpolicy x/wild: spec."), "{}", e);
+            }
+        }
+    }
+}
