@@ -281,10 +281,6 @@ impl PolicyIndex {
         }
     }
 
-    pub fn scope(&self) -> &Scope {
-        &self.scope
-    }
-
     /// The id the compiled form uses for a policy now (it changes when the spec does).
     pub fn policy_id(&self, namespace: &str, name: &str) -> Option<PolicyId> {
         self.policy_ids.get(&Key::new(namespace, name)).copied()

@@ -57,15 +57,6 @@ impl Protocol {
             _ => None,
         }
     }
-
-    /// The IP protocol number (nftables `inet_proto`).
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        }
-    }
 }
 
 impl fmt::Display for Protocol {

@@ -15,13 +15,13 @@ pub struct Selector {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Requirement {
-    pub key: String,
-    pub op: Op,
+struct Requirement {
+    key: String,
+    op: Op,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+enum Op {
     In(BTreeSet<String>),
     NotIn(BTreeSet<String>),
     Exists,
@@ -32,10 +32,6 @@ impl Selector {
     /// The selector that selects everything (`{}`).
     pub fn everything() -> Selector {
         Selector::default()
-    }
-
-    pub fn requirements(&self) -> &[Requirement] {
-        &self.requirements
     }
 
     pub fn selects_everything(&self) -> bool {
